@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by the router and the connector host. Depends only on ``models``."""

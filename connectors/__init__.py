@@ -1,0 +1,1 @@
+"""Channel connectors: one module per channel type behind :class:`connectors.base.Connector`."""

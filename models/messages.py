@@ -1,0 +1,187 @@
+"""The records on the wire: ``InboundMessage`` (schema ``inbound/1``) and ``RoutedMessage`` (``routed/1``).
+
+Models are frozen; strings are cleaned on the way in (see :func:`models.text.clean_text`) so any
+record that validates also serializes. Readers ignore fields they do not know, which lets a
+newer writer add fields without breaking older readers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    field_validator,
+)
+
+from models.text import clean_text, truncate_utf8
+
+__all__ = [
+    "INBOUND_SCHEMA",
+    "ROUTED_SCHEMA",
+    "Attachment",
+    "InboundMessage",
+    "Priority",
+    "RoutedMessage",
+    "Routing",
+    "Sender",
+    "fit_to_size",
+    "format_timestamp",
+]
+
+INBOUND_SCHEMA = "inbound/1"
+ROUTED_SCHEMA = "routed/1"
+
+Priority = Literal["low", "normal", "high", "urgent"]
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``; milliseconds only when there are any."""
+    moment = moment.astimezone(UTC)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _as_utc_millis(moment: datetime) -> datetime:
+    # Records carry millisecond precision; cutting here keeps a JSON round trip exact.
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone (RFC 3339)")
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+def _clean_json(value: JsonValue) -> JsonValue:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+CleanStr = Annotated[str, AfterValidator(clean_text)]
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_as_utc_millis),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class Sender(_Record):
+    """Who wrote: an address, a platform user id or a phone number in E.164."""
+
+    id: CleanStr = Field(min_length=1)
+    name: CleanStr | None = None
+
+
+class Attachment(_Record):
+    """Metadata of one attachment; the bytes live in the attachment store behind ``ref``."""
+
+    filename: CleanStr | None = None
+    content_type: CleanStr = "application/octet-stream"
+    size: int = Field(ge=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    ref: CleanStr | None = None
+
+
+class InboundMessage(_Record):
+    """One customer message from any channel, normalized."""
+
+    schema_: Literal["inbound/1"] = Field(default=INBOUND_SCHEMA, alias="schema")
+    message_id: CleanStr = Field(min_length=1)
+    channel: CleanStr = Field(min_length=1)
+    channel_instance: CleanStr = Field(min_length=1)
+    native_id: CleanStr = Field(min_length=1)
+    received_at: Timestamp
+    sender: Sender
+    recipients: tuple[CleanStr, ...] = ()
+    conversation_id: CleanStr = Field(min_length=1)
+    in_reply_to: CleanStr | None = None
+    subject: CleanStr | None = None
+    text: CleanStr = ""
+    body: CleanStr = ""
+    attachments: tuple[Attachment, ...] = ()
+    auth: dict[CleanStr, CleanStr] = Field(default_factory=dict)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("metadata", mode="after")
+    @classmethod
+    def _clean_metadata(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return {clean_text(k): _clean_json(v) for k, v in value.items()}
+
+    @property
+    def schema_name(self) -> str:
+        return self.schema_
+
+    def to_json_bytes(self) -> bytes:
+        """The record as compact UTF-8 JSON, field names as the contract spells them."""
+        return self.model_dump_json(by_alias=True).encode("utf-8")
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str) -> InboundMessage:
+        return cls.model_validate_json(data)
+
+
+class Routing(_Record):
+    """The router's decision about one message, with the reasons that led to it."""
+
+    department: CleanStr = Field(min_length=1)
+    confidence: float = Field(ge=0.0, le=1.0)
+    language: CleanStr
+    escalate: bool = False
+    priority: Priority = "normal"
+    reasons: tuple[CleanStr, ...] = ()
+    model: CleanStr
+    routed_at: Timestamp
+
+
+class RoutedMessage(InboundMessage):
+    """An ``InboundMessage`` that the router has decided about."""
+
+    schema_: Literal["routed/1"] = Field(default=ROUTED_SCHEMA, alias="schema")  # type: ignore[assignment]
+    routing: Routing
+
+    @classmethod
+    def from_inbound(cls, message: InboundMessage, routing: Routing) -> RoutedMessage:
+        fields: dict[str, Any] = message.model_dump(exclude={"schema_"})
+        return cls.model_validate({**fields, "routing": routing})
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str) -> RoutedMessage:
+        return cls.model_validate_json(data)
+
+
+def fit_to_size(message: InboundMessage, max_bytes: int) -> InboundMessage:
+    """Return *message*, with ``body`` and then ``text`` cut so its JSON fits in *max_bytes*.
+
+    A cut record says so in ``metadata.body_truncated`` (and ``text_truncated``); the original
+    size is kept in ``metadata.body_bytes``. Other fields are small and never cut.
+    """
+    size = len(message.to_json_bytes())
+    if size <= max_bytes:
+        return message
+    excess = size - max_bytes + 1024  # room for the metadata added below and JSON escaping
+    metadata = dict(message.metadata)
+    body_bytes = len(message.body.encode("utf-8"))
+    body, body_cut = truncate_utf8(message.body, max(0, body_bytes - excess * 2))
+    metadata["body_truncated"] = body_cut
+    metadata["body_bytes"] = body_bytes
+    fitted = message.model_copy(update={"body": body, "metadata": metadata})
+    size = len(fitted.to_json_bytes())
+    if size > max_bytes:
+        text_bytes = len(fitted.text.encode("utf-8"))
+        text, _ = truncate_utf8(fitted.text, max(0, text_bytes - (size - max_bytes + 1024) * 2))
+        metadata["text_truncated"] = True
+        fitted = fitted.model_copy(update={"text": text, "metadata": metadata})
+    return fitted

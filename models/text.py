@@ -1,0 +1,53 @@
+"""Pure text helpers shared by every package: cleaning untrusted strings before they enter a record."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = ["REPLACEMENT", "clean_text", "normalize_subject", "truncate_utf8"]
+
+REPLACEMENT = "\ufffd"
+
+# NUL breaks C-based consumers and many databases; lone surrogates cannot be encoded as UTF-8
+# at all. Other control characters (tab, newline) are legitimate in message bodies.
+_NUL = "\x00"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLY_PREFIX = re.compile(
+    r"^\s*((re|fw|fwd|aw|wg|sv|vs|rif|tr|ref|antw|odp|res|enc)\s*(\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+
+
+def clean_text(value: str) -> str:
+    """Return *value* as valid, NFC-normalized Unicode.
+
+    NUL characters are removed and lone surrogates (which can arrive from lenient decoders
+    with ``surrogateescape``) are replaced by U+FFFD, so the result always encodes to UTF-8
+    and a reader can still see that something was unreadable.
+    """
+    if _NUL in value:
+        value = value.replace(_NUL, "")
+    if _LONE_SURROGATE.search(value):
+        value = _LONE_SURROGATE.sub(REPLACEMENT, value)
+    return unicodedata.normalize("NFC", value)
+
+
+def normalize_subject(subject: str) -> str:
+    """Strip reply/forward prefixes (Re:, Fwd:, AW:, SV: …) and fold case and whitespace.
+
+    Used to thread replies that carry no References/In-Reply-To headers.
+    """
+    stripped = _REPLY_PREFIX.sub("", subject)
+    return " ".join(stripped.split()).casefold()
+
+
+def truncate_utf8(value: str, max_bytes: int) -> tuple[str, bool]:
+    """Cut *value* so that its UTF-8 encoding fits in *max_bytes*, never inside a character.
+
+    Returns the (possibly shortened) text and whether it was cut.
+    """
+    encoded = value.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return value, False
+    return encoded[:max_bytes].decode("utf-8", errors="ignore"), True

@@ -1,0 +1,1 @@
+"""Classification, rules, escalation, the routing service and the department consumer SDK."""

@@ -1,0 +1,1 @@
+"""The ``switchboard`` command and process wiring: settings, runtime, HTTP, embedded broker."""
