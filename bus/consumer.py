@@ -51,14 +51,32 @@ class BatchConsumer:
         self._consumer = AIOKafkaConsumer(
             *topics, **consumer_options(config, group_id, read_committed=read_committed)
         )
+        self.name = f"consumer:{group_id}"
         self._handler = handler
         self._max_records = max_records
         self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._log = structlog.get_logger(__name__).bind(group=group_id, topics=list(topics))
 
-    async def run(self) -> None:
-        """Consume until :meth:`stop`; every handled batch is committed before the next fetch."""
+    async def start(self) -> None:
+        """Join the group and consume in the background until :meth:`stop`."""
         await self._consumer.start()
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, leave the group. Idempotent."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    async def run(self) -> None:
+        """Consume in the foreground until :meth:`request_stop`."""
+        await self._consumer.start()
+        await self._loop()
+
+    async def _loop(self) -> None:
+        """Consume until :meth:`stop`; every handled batch is committed before the next fetch."""
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
@@ -70,6 +88,6 @@ class BatchConsumer:
         finally:
             await self._consumer.stop()  # leaves the group so partitions move at once
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit it and return."""
         self._stopping.set()

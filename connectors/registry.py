@@ -8,7 +8,7 @@ runs no channel (``classify``) pays nothing for them. Plugins add types through 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -16,11 +16,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors.base import Connector, ConnectorContext
+from models import InboundMessage
 from models.config import ChannelConfig, ConfigError, error_lines
 
 __all__ = ["BUILTIN_TYPES", "ChannelType", "Registry"]
 
 Factory = Callable[[Any, ConnectorContext], Connector]
+Check = Callable[[Any], Awaitable[str]]
+"""``channels check``: tests credentials and connectivity; returns a one-line summary, raises on failure."""
+Reprocess = Callable[[Any, bytes], InboundMessage]
+"""Turns quarantined raw input of this channel type back into a record (``quarantine reprocess``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,8 @@ class ChannelType:
     factory: Factory
     summary: str
     http: bool = False  # served by the process's HTTP server at /channels/<name>
+    check: Check | None = None
+    reprocess: Reprocess | None = None
 
 
 # type -> "module:attribute" of its ChannelType. Order is the order `channels list` documents.

@@ -7,6 +7,7 @@ newer writer add fields without breaking older readers.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -162,26 +163,35 @@ class RoutedMessage(InboundMessage):
         return cls.model_validate_json(data)
 
 
-def fit_to_size(message: InboundMessage, max_bytes: int) -> InboundMessage:
-    """Return *message*, with ``body`` and then ``text`` cut so its JSON fits in *max_bytes*.
+def _json_weight(value: str) -> float:
+    """How many bytes of JSON one byte of *value*'s UTF-8 becomes (escapes make it > 1)."""
+    raw = len(value.encode("utf-8"))
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8")) / raw if raw else 1.0
 
-    A cut record says so in ``metadata.body_truncated`` (and ``text_truncated``); the original
-    size is kept in ``metadata.body_bytes``. Other fields are small and never cut.
+
+def fit_to_size(message: InboundMessage, max_bytes: int) -> InboundMessage:
+    """Return *message* with ``body`` (and if need be ``text``) cut so its JSON fits *max_bytes*.
+
+    ``text`` (the customer's new words) keeps at least half of the room left by the other
+    fields; ``body`` gets the rest. A cut record says so in ``metadata.body_truncated`` (and
+    ``text_truncated``) and keeps the original size in ``metadata.body_bytes``.
     """
-    size = len(message.to_json_bytes())
-    if size <= max_bytes:
+    if len(message.to_json_bytes()) <= max_bytes:
         return message
-    excess = size - max_bytes + 1024  # room for the metadata added below and JSON escaping
-    metadata = dict(message.metadata)
     body_bytes = len(message.body.encode("utf-8"))
-    body, body_cut = truncate_utf8(message.body, max(0, body_bytes - excess * 2))
-    metadata["body_truncated"] = body_cut
-    metadata["body_bytes"] = body_bytes
-    fitted = message.model_copy(update={"body": body, "metadata": metadata})
-    size = len(fitted.to_json_bytes())
-    if size > max_bytes:
-        text_bytes = len(fitted.text.encode("utf-8"))
-        text, _ = truncate_utf8(fitted.text, max(0, text_bytes - (size - max_bytes + 1024) * 2))
+    text_bytes = len(message.text.encode("utf-8"))
+    metadata = {**message.metadata, "body_truncated": True, "body_bytes": body_bytes}
+    if body_bytes + text_bytes > max_bytes // 2:
         metadata["text_truncated"] = True
-        fitted = fitted.model_copy(update={"text": text, "metadata": metadata})
-    return fitted
+    skeleton = message.model_copy(update={"body": "", "text": "", "metadata": metadata})
+    budget = max_bytes - len(skeleton.to_json_bytes())
+    for _ in range(8):  # JSON escaping is estimated, so shrink until it fits
+        text_room = min(text_bytes, max(budget - body_bytes, budget // 2))
+        text, text_cut = truncate_utf8(message.text, int(max(0, text_room) / _json_weight(message.text)))
+        body, _ = truncate_utf8(message.body, int(max(0, budget - text_room) / _json_weight(message.body)))
+        metadata["text_truncated"] = text_cut
+        fitted = message.model_copy(update={"body": body, "text": text, "metadata": metadata})
+        if len(fitted.to_json_bytes()) <= max_bytes:
+            return fitted
+        budget = int(budget * 0.9)
+    raise ValueError(f"record cannot fit in {max_bytes} bytes")

@@ -1,0 +1,112 @@
+"""The three kinds of process: everything (``up``), one channel, the router."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import structlog
+
+from bus.admin import ensure_topics
+from connectors.registry import Registry
+from models.config import ChannelConfig, Settings
+from models.topics import Topics
+from switchboard.http import HttpServer, build_app
+from switchboard.host import ConnectorHost
+from switchboard.runtime import Process, resolve_exactly_once, with_embedded_broker
+
+__all__ = ["run_connector", "run_router", "run_up"]
+
+Logger = structlog.typing.FilteringBoundLogger
+
+
+async def _create_topics(settings: Settings, logger: Logger) -> None:
+    created = await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all(settings.router.departments))
+    if created:
+        logger.info("created topics", topics=created)
+
+
+def _host(process: Process, channels: Sequence[ChannelConfig], registry: Registry, exactly_once: bool) -> None:
+    """Add the connector host and the HTTP servers its channels need to *process*."""
+    host = ConnectorHost(
+        process.settings,
+        channels,
+        registry,
+        exactly_once=exactly_once,
+        readiness=process.readiness,
+        supervisor=process.supervisor,
+        metrics=process.metrics,
+        logger=process.log,
+    )
+    host.build()
+    groups = host.http_apps(process.settings.http.listen)
+    main_address = process.settings.http.listen
+    process.add_http(process.http_server(groups.pop(main_address, [])))
+    for address, apps in groups.items():
+        process.add_http(HttpServer(build_app(process.readiness, process.metrics, apps), address))
+    process.add(host)
+
+
+def _router(process: Process) -> None:
+    from router.pipeline import build_decider
+    from router.service import RouterService
+
+    decider = build_decider(process.settings.router, lambda: datetime.now(UTC))
+    process.add(
+        RouterService(
+            process.settings,
+            decider,
+            registry=process.metrics,
+            health=process.readiness.component("router"),
+            logger=process.log.bind(component="router"),
+        )
+    )
+
+
+async def run_up(settings: Settings, logger: Logger) -> None:
+    settings, broker = await with_embedded_broker(settings, logger)
+    try:
+        await _create_topics(settings, logger)
+        exactly_once = await resolve_exactly_once(settings.kafka, logger)
+        process = Process(settings, logger)
+        _host(process, settings.channels, Registry.default(), exactly_once)
+        _router(process)
+
+        async def announce() -> None:
+            logger.info(
+                "switchboard is up",
+                kafka=settings.kafka.bootstrap,
+                http=f"http://{settings.http.listen}",
+                channels=[c.name for c in settings.channels],
+            )
+
+        await process.run(on_ready=announce)
+    finally:
+        if broker is not None:
+            await broker.stop()
+
+
+async def run_connector(settings: Settings, channel: ChannelConfig, logger: Logger) -> None:
+    if not settings.kafka.bootstrap:
+        raise_missing_bootstrap()
+    await _create_topics(settings, logger)
+    exactly_once = await resolve_exactly_once(settings.kafka, logger)
+    process = Process(settings, logger.bind(channel=channel.name))
+    _host(process, [channel], Registry.default(), exactly_once)
+    await process.run()
+
+
+async def run_router(settings: Settings, logger: Logger) -> None:
+    if not settings.kafka.bootstrap:
+        raise_missing_bootstrap()
+    await _create_topics(settings, logger)
+    process = Process(settings, logger)
+    process.add_http(process.http_server())
+    _router(process)
+    await process.run()
+
+
+def raise_missing_bootstrap() -> None:
+    from models.config import ConfigError
+
+    raise ConfigError(["kafka.bootstrap: required here (the embedded broker is only for `switchboard up`)"])
