@@ -48,12 +48,10 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 
 
 def test_config_is_found_in_the_working_directory(tmp_path: Path) -> None:
-    (tmp_path / "switchboard.yaml").write_text(
-        "channels:\n  - name: hooks\n    type: webhook\n    secret: s3cret\n"
-    )
+    (tmp_path / "switchboard.yaml").write_text("kafka:\n  bootstrap: [not, a, string]\n")
     result = switchboard("channels", "list", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "hooks" in result.stdout and "/channels/hooks" in result.stdout
+    assert result.returncode == 2
+    assert result.stderr.startswith("switchboard: invalid configuration: kafka.bootstrap:")
 
 
 def test_topics_init_twice_is_a_no_op(kafka_config: KafkaConfig, tmp_path: Path) -> None:

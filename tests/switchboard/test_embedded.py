@@ -26,13 +26,13 @@ async def test_embedded_broker_serves_a_round_trip_and_is_gone_after_the_parent_
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
     assert parent.stdout is not None
-    line: list[str] = []
-    while not line or line[0] != "READY":  # structlog may print its own lines first
-        raw = await asyncio.wait_for(parent.stdout.readline(), timeout=30)
-        assert raw, "the parent exited before the broker was ready"
-        line = raw.decode().split()
-    bootstrap, broker_pid = line[1], int(line[2])
     try:
+        line: list[str] = []
+        while not line or line[0] != "READY":  # structlog may print its own lines first
+            raw = await asyncio.wait_for(parent.stdout.readline(), timeout=30)
+            assert raw, "the parent exited before the broker was ready"
+            line = raw.decode().split()
+        bootstrap, broker_pid = line[1], int(line[2])
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         await producer.send_and_wait("embedded.check", "வணக்கம்".encode(), key=b"k")
