@@ -49,7 +49,10 @@ async def produce(bootstrap: str, topic: str, count: int, payload: bytes, **opti
 
 async def consume(bootstrap: str, topic: str, count: int) -> float:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest"
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     seen = 0
@@ -65,8 +68,11 @@ async def consume(bootstrap: str, topic: str, count: int) -> float:
 
 async def pipe(bootstrap: str, source: str, sink: str, count: int) -> float:
     consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=bootstrap, group_id=f"pipe-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"pipe-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4")
     await consumer.start()
@@ -95,7 +101,9 @@ async def best(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap", default=os.environ.get("SWITCHBOARD_TEST_KAFKA", "127.0.0.1:9092"))
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--size", type=int, default=500)
@@ -106,16 +114,30 @@ async def main() -> None:
     source, sink = f"bench.raw.{run}.in", f"bench.raw.{run}.out"
     await create(args.bootstrap, source, sink)
     rows = [
-        ("produce acks=1", await best(args.runs, lambda: produce(args.bootstrap, sink, args.messages, payload, acks=1))),
-        ("produce acks=all", await best(args.runs, lambda: produce(args.bootstrap, sink, args.messages, payload, acks="all"))),
+        (
+            "produce acks=1",
+            await best(args.runs, lambda: produce(args.bootstrap, sink, args.messages, payload, acks=1)),
+        ),
+        (
+            "produce acks=all",
+            await best(args.runs, lambda: produce(args.bootstrap, sink, args.messages, payload, acks="all")),
+        ),
         (
             "produce idempotent",
-            await best(args.runs, lambda: produce(args.bootstrap, source, args.messages, payload, enable_idempotence=True)),
+            await best(
+                args.runs,
+                lambda: produce(args.bootstrap, source, args.messages, payload, enable_idempotence=True),
+            ),
         ),
         ("consume getmany", await best(args.runs, lambda: consume(args.bootstrap, source, args.messages))),
-        ("consume->produce+commit", await best(args.runs, lambda: pipe(args.bootstrap, source, sink, args.messages))),
+        (
+            "consume->produce+commit",
+            await best(args.runs, lambda: pipe(args.bootstrap, source, sink, args.messages)),
+        ),
     ]
-    print(f"\nraw aiokafka on {args.bootstrap}: {args.messages} messages of {args.size} B, {PARTITIONS} partitions, best of {args.runs}")
+    print(
+        f"\nraw aiokafka on {args.bootstrap}: {args.messages} messages of {args.size} B, {PARTITIONS} partitions, best of {args.runs}"
+    )
     print(f"{'what':28} {'messages/s':>12}")
     for name, rate in rows:
         print(f"{name:28} {rate:12,.0f}")

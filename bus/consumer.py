@@ -8,15 +8,15 @@ leaves the group, so a SIGTERM costs no re-delivery.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from bus.options import client_options
 from models.config import KafkaConfig
 
-__all__ = ["BatchConsumer", "BatchHandler", "consumer_options"]
+__all__ = ["BatchConsumer", "BatchHandler", "behind", "consumer_options"]
 
 BatchHandler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
@@ -91,3 +91,11 @@ class BatchConsumer:
     def request_stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit it and return."""
         self._stopping.set()
+
+
+async def behind(consumer: AIOKafkaConsumer, ends: Mapping[TopicPartition, int]) -> bool:
+    """Whether *consumer* has not yet reached *ends* on some partition."""
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return True
+    return False

@@ -81,7 +81,9 @@ class Producer:
         except MessageSizeTooLargeError as error:
             raise RecordRejected(f"record too large for {topic}") from error
         except TimeoutError as error:
-            raise PublishError(f"the broker did not confirm a record on {topic} in {self._timeout:g}s") from error
+            raise PublishError(
+                f"the broker did not confirm a record on {topic} in {self._timeout:g}s"
+            ) from error
         except KafkaError as error:
             raise PublishError(f"the broker refused a record on {topic}: {error!r}") from error
 

@@ -11,6 +11,7 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bus.consumer import behind
 from bus.options import client_options
 from bus.producer import Producer
 from models.config import KafkaConfig
@@ -35,7 +36,7 @@ async def read_compacted(config: KafkaConfig, topic: str, timeout: float = 60.0)
         ends = await consumer.end_offsets(partitions)
         values: dict[bytes, bytes] = {}
         async with asyncio.timeout(timeout):
-            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            while await behind(consumer, ends):
                 batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for records in batches.values():
                     for record in records:

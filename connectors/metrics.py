@@ -18,10 +18,16 @@ class ChannelMetricFamilies:
             "switchboard_channel_received_total", "Native messages received", labels, registry=registry
         )
         self.published = Counter(
-            "switchboard_channel_published_total", "Records confirmed by the broker", labels, registry=registry
+            "switchboard_channel_published_total",
+            "Records confirmed by the broker",
+            labels,
+            registry=registry,
         )
         self.duplicates = Counter(
-            "switchboard_channel_duplicates_total", "Redeliveries dropped at the edge", labels, registry=registry
+            "switchboard_channel_duplicates_total",
+            "Redeliveries dropped at the edge",
+            labels,
+            registry=registry,
         )
         self.rejected = Counter(
             "switchboard_channel_rejected_total",

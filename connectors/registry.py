@@ -7,8 +7,9 @@ runs no channel (``classify``) pays nothing for them. Plugins add types through 
 
 from __future__ import annotations
 
+import builtins
 import importlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -22,7 +23,7 @@ from models.config import ChannelConfig, ConfigError, error_lines
 __all__ = ["BUILTIN_TYPES", "ChannelType", "Registry"]
 
 Factory = Callable[[Any, ConnectorContext], Connector]
-Check = Callable[[Any], Awaitable[str]]
+Check = Callable[[Any], Coroutine[Any, Any, str]]
 """``channels check``: tests credentials and connectivity; returns a one-line summary, raises on failure."""
 Reprocess = Callable[[Any, bytes], InboundMessage]
 """Turns quarantined raw input of this channel type back into a record (``quarantine reprocess``)."""
@@ -34,7 +35,7 @@ class ChannelType:
 
     type: str
     channel: str  # the ``channel`` field of its records: email, slack, …
-    config_model: type[ChannelConfig]
+    config_model: builtins.type[ChannelConfig]
     factory: Factory
     summary: str
     http: bool = False  # served by the process's HTTP server at /channels/<name>
@@ -103,7 +104,9 @@ class Registry:
             channel_type = self.get(channel.type)
         except KeyError:
             known = ", ".join(self.types)
-            raise ConfigError([f"{path}.type: unknown channel type {channel.type!r} (known: {known})"]) from None
+            raise ConfigError(
+                [f"{path}.type: unknown channel type {channel.type!r} (known: {known})"]
+            ) from None
         try:
             return channel_type.config_model.model_validate(channel.model_dump())
         except ValidationError as error:

@@ -83,9 +83,7 @@ def _parse_host_port(value: object) -> object:
     return HostPort(host, port)
 
 
-ListenAddress = Annotated[
-    HostPort, BeforeValidator(_parse_host_port), PlainSerializer(str, return_type=str)
-]
+ListenAddress = Annotated[HostPort, BeforeValidator(_parse_host_port), PlainSerializer(str, return_type=str)]
 
 
 class _Section(BaseModel):

@@ -99,7 +99,7 @@ class Attachment(_Record):
 class InboundMessage(_Record):
     """One customer message from any channel, normalized."""
 
-    schema_: Literal["inbound/1"] = Field(default=INBOUND_SCHEMA, alias="schema")
+    schema_: Literal["inbound/1"] = Field(default="inbound/1", alias="schema")
     message_id: CleanStr = Field(min_length=1)
     channel: CleanStr = Field(min_length=1)
     channel_instance: CleanStr = Field(min_length=1)
@@ -150,7 +150,7 @@ class Routing(_Record):
 class RoutedMessage(InboundMessage):
     """An ``InboundMessage`` that the router has decided about."""
 
-    schema_: Literal["routed/1"] = Field(default=ROUTED_SCHEMA, alias="schema")  # type: ignore[assignment]
+    schema_: Literal["routed/1"] = Field(default="routed/1", alias="schema")  # type: ignore[assignment]
     routing: Routing
 
     @classmethod

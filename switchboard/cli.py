@@ -40,7 +40,9 @@ app.add_typer(quarantine_app, name="quarantine")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Configuration file (else $SWITCHBOARD_CONFIG, else ./switchboard.yaml)."),
+    typer.Option(
+        "--config", "-c", help="Configuration file (else $SWITCHBOARD_CONFIG, else ./switchboard.yaml)."
+    ),
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 
@@ -173,9 +175,14 @@ def topics_init(config: ConfigOption = None) -> None:
 @app.command()
 @user_errors
 def tail(
-    queue: Annotated[str, typer.Argument(help="A department (billing, …) or triage, escalations, dlq, inbound, quarantine.")],
+    queue: Annotated[
+        str,
+        typer.Argument(help="A department (billing, …) or triage, escalations, dlq, inbound, quarantine."),
+    ],
     config: ConfigOption = None,
-    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest record.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Each record's value as one compact line.")] = False,
 ) -> None:
     """Follow a queue without a consumer group: never commits, never takes partitions from workers."""
@@ -235,7 +242,9 @@ def train(
 @user_errors
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labelled examples, JSON Lines.")],
-    model: Annotated[Path | None, typer.Option("--model", help="Model file (default: the packaged one).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model file (default: the packaged one).")
+    ] = None,
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One compact JSON line.")] = False,
 ) -> None:
@@ -272,7 +281,9 @@ def channels_list(config: ConfigOption = None) -> None:
 
 @channels_app.command("check")
 @user_errors
-def channels_check(name: Annotated[str, typer.Argument(help="Channel instance name.")], config: ConfigOption = None) -> None:
+def channels_check(
+    name: Annotated[str, typer.Argument(help="Channel instance name.")], config: ConfigOption = None
+) -> None:
     """Test a channel's credentials and connectivity (may use the network)."""
     from connectors.registry import Registry
 

@@ -31,14 +31,26 @@ class Sample:
 
 
 SAMPLES = (
-    Sample("kumar@example.org", "Parcel not delivered", "My parcel with tracking 8812 was due on Monday and still has not arrived. Where is it?"),
-    Sample("lucia@example.es", "Cargo duplicado", "Hola, me han cobrado dos veces el pedido 4471 en la tarjeta. ¿Pueden devolverme uno de los cargos?"),
+    Sample(
+        "kumar@example.org",
+        "Parcel not delivered",
+        "My parcel with tracking 8812 was due on Monday and still has not arrived. Where is it?",
+    ),
+    Sample(
+        "lucia@example.es",
+        "Cargo duplicado",
+        "Hola, me han cobrado dos veces el pedido 4471 en la tarjeta. ¿Pueden devolverme uno de los cargos?",
+    ),
     Sample("priya@example.in", "", "मुझे यह जूता वापस करना है, साइज़ छोटा है। रिटर्न पिकअप कैसे बुक करूँ?"),
     Sample("rahul@example.in", "", "bhai mera order cancel karna hai, galti se do baar place ho gaya"),
     Sample("meena@example.in", "", "என் பார்சல் இன்னும் வரவில்லை, டிராக்கிங் நம்பர் வேலை செய்யவில்லை"),
     Sample("arif@example.com.bd", "", "আমার কার্ড থেকে দুইবার টাকা কেটে নিয়েছে, বিলটা একটু দেখবেন?"),
     Sample("joy@example.ph", "", "Hi po, hindi ako makalogin sa app, laging error yung OTP"),
-    Sample("angry@example.com", "UNACCEPTABLE", "This is the third time I am writing. Nobody answers. I want to speak to a supervisor NOW or I am cancelling my account."),
+    Sample(
+        "angry@example.com",
+        "UNACCEPTABLE",
+        "This is the third time I am writing. Nobody answers. I want to speak to a supervisor NOW or I am cancelling my account.",
+    ),
 )
 
 
@@ -78,7 +90,9 @@ async def run_demo(settings: Settings, *, timeout: float, out: TextIO) -> bool:
         pending: dict[str, Sample] = {}
         for index, sample in enumerate(SAMPLES):
             message_id = f"<demo-{run}-{index}@switchboard.local>"
-            await asyncio.to_thread(_send_mail, smtp.listen.host, smtp.listen.port, domains[0], sample, message_id)
+            await asyncio.to_thread(
+                _send_mail, smtp.listen.host, smtp.listen.port, domains[0], sample, message_id
+            )
             pending[message_id] = sample
         out.write(f"sent {len(pending)} messages to smtp://{smtp.listen}; waiting for the router…\n\n")
         out.write(f"{'queue':22} {'lang':5} {'priority':8} {'esc':4} message\n")
@@ -88,12 +102,14 @@ async def run_demo(settings: Settings, *, timeout: float, out: TextIO) -> bool:
             for records in batches.values():
                 for record in records:
                     routed = RoutedMessage.from_json_bytes(record.value)
-                    sample = pending.pop(routed.native_id, None)
-                    if sample is None:
-                        continue
+                    if routed.native_id not in pending:
+                        continue  # someone else's message
+                    sample = pending.pop(routed.native_id)
                     r = routed.routing
                     snippet = " ".join(sample.text.split())[:60]
-                    out.write(f"{record.topic:22} {r.language:5} {r.priority:8} {'yes' if r.escalate else 'no':4} {snippet}\n")
+                    out.write(
+                        f"{record.topic:22} {r.language:5} {r.priority:8} {'yes' if r.escalate else 'no':4} {snippet}\n"
+                    )
                     out.flush()
         if pending:
             out.write(f"\n{len(pending)} message(s) not routed within {timeout:g}s\n")

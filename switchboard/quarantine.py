@@ -7,6 +7,7 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from bus.consumer import behind
 from bus.headers import header
 from bus.options import client_options
 from bus.producer import Producer
@@ -30,7 +31,7 @@ async def _records(settings: Settings) -> AsyncIterator[ConsumerRecord[bytes, by
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while await behind(consumer, ends):
             batches = await consumer.getmany(timeout_ms=1000)
             if not batches:
                 break
@@ -52,11 +53,15 @@ async def list_quarantine(settings: Settings, *, out: TextIO) -> None:
         instance = header(record.headers, "sb-channel-instance") or "?"
         error_class = header(record.headers, "sb-error-class") or "?"
         reason = header(record.headers, "sb-error") or ""
-        out.write(f"{_item_id(record):12} {instance:20} {error_class:24} {len(record.value or b''):>9} B  {reason}\n")
+        out.write(
+            f"{_item_id(record):12} {instance:20} {error_class:24} {len(record.value or b''):>9} B  {reason}\n"
+        )
     out.write(f"{count} quarantined input(s)\n")
 
 
-async def reprocess_quarantine(settings: Settings, registry: Registry, item: str | None, *, out: TextIO) -> None:
+async def reprocess_quarantine(
+    settings: Settings, registry: Registry, item: str | None, *, out: TextIO
+) -> None:
     """Re-run each channel's parser on its quarantined input and publish what now parses.
 
     Reprocessing twice is harmless: ids are deterministic, so a second run repeats the same
@@ -64,7 +69,9 @@ async def reprocess_quarantine(settings: Settings, registry: Registry, item: str
     """
     producer = Producer(settings.kafka, idempotent=False)
     await producer.start()
-    publisher = InboundPublisher(producer, Topics(settings.kafka.topic_prefix), settings.kafka.max_record_bytes)
+    publisher = InboundPublisher(
+        producer, Topics(settings.kafka.topic_prefix), settings.kafka.max_record_bytes
+    )
     done = failed = 0
     try:
         async for record in _records(settings):

@@ -43,7 +43,9 @@ async def resolve_exactly_once(config: KafkaConfig, logger: structlog.typing.Fil
     if config.delivery == "exactly_once" and not supported:
         raise RuntimeError("kafka.delivery is exactly_once but the broker does not support transactions")
     if not supported:
-        logger.warning("the broker has no transactions: delivery is at least once (duplicates keep their message_id)")
+        logger.warning(
+            "the broker has no transactions: delivery is at least once (duplicates keep their message_id)"
+        )
     return supported
 
 

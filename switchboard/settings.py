@@ -18,7 +18,11 @@ __all__ = ["DEMO_CONFIG", "find_config", "load_settings", "settings_from_mapping
 DEMO_CONFIG: dict[str, Any] = {
     "channels": [
         {"name": "support-mail", "type": "smtp", "listen": "127.0.0.1:2525", "domains": ["example.com"]},
-        {"name": "website-chat", "type": "webchat", "allowed_origins": ["http://127.0.0.1:8080", "http://localhost:8080"]},
+        {
+            "name": "website-chat",
+            "type": "webchat",
+            "allowed_origins": ["http://127.0.0.1:8080", "http://localhost:8080"],
+        },
     ],
     "http": {"listen": "127.0.0.1:8080"},
 }
@@ -73,7 +77,11 @@ def settings_from_mapping(data: Mapping[str, Any], env: Mapping[str, str], regis
 
 
 def load_settings(
-    path: Path | None, registry: Registry, env: Mapping[str, str] | None = None, *, demo_fallback: bool = False
+    path: Path | None,
+    registry: Registry,
+    env: Mapping[str, str] | None = None,
+    *,
+    demo_fallback: bool = False,
 ) -> tuple[Settings, Path | None]:
     """The validated settings and the file they came from (None: built-in defaults or demo)."""
     env = os.environ if env is None else env

@@ -20,7 +20,17 @@ from bus.options import client_options
 from models.config import KafkaConfig
 from models.topics import Topics
 
-DEPARTMENTS = ("orders", "shipping", "billing", "returns", "sales", "support", "feedback", "complaints", "general")
+DEPARTMENTS = (
+    "orders",
+    "shipping",
+    "billing",
+    "returns",
+    "sales",
+    "support",
+    "feedback",
+    "complaints",
+    "general",
+)
 
 
 def _reachable(address: str) -> bool:
@@ -66,9 +76,7 @@ async def created_topics(kafka_config: KafkaConfig, topics: Topics) -> Topics:
     return topics
 
 
-async def read_topic(
-    config: KafkaConfig, topic: str, expected: int, timeout: float = 30.0
-) -> list[object]:
+async def read_topic(config: KafkaConfig, topic: str, expected: int, timeout: float = 30.0) -> list[object]:
     """Read *topic* from the beginning until *expected* records arrived or *timeout* passed."""
     consumer = AIOKafkaConsumer(
         topic,

@@ -29,10 +29,21 @@ def test_defaults_match_the_contract() -> None:
         ({"kafka": {"partitons": 3}}, "kafka.partitons: unknown key"),
         ({"http": {"listen": "localhost"}}, "http.listen: expected host:port"),
         ({"router": {"min_confidence": 2}}, "router.min_confidence: Input should be less than or equal to 1"),
-        ({"channels": [{"name": "Bad Name", "type": "smtp"}]}, "channels[0].name: String should match pattern"),
-        ({"channels": [{"name": "x", "type": "carrier-pigeon"}]}, "channels[0].type: unknown channel type 'carrier-pigeon'"),
         (
-            {"channels": [{"name": "a", "type": "webhook", "secret": "s"}, {"name": "a", "type": "webhook", "secret": "s"}]},
+            {"channels": [{"name": "Bad Name", "type": "smtp"}]},
+            "channels[0].name: String should match pattern",
+        ),
+        (
+            {"channels": [{"name": "x", "type": "carrier-pigeon"}]},
+            "channels[0].type: unknown channel type 'carrier-pigeon'",
+        ),
+        (
+            {
+                "channels": [
+                    {"name": "a", "type": "webhook", "secret": "s"},
+                    {"name": "a", "type": "webhook", "secret": "s"},
+                ]
+            },
             "channels[1].name: 'a' is already used by channels[0]",
         ),
     ],
@@ -49,7 +60,9 @@ def test_environment_variables_are_interpolated_and_missing_ones_name_the_key() 
         "kafka": {"bootstrap": "k:9092"},
         "channels": [{"password": "pw-s3"}],
     }
-    with pytest.raises(ConfigError, match=r"channels\[0\]\.password: environment variable IMAP_PW is not set"):
+    with pytest.raises(
+        ConfigError, match=r"channels\[0\]\.password: environment variable IMAP_PW is not set"
+    ):
         interpolate_env(tree, {"BROKER": "k:9092"})
 
 

@@ -42,7 +42,9 @@ def inbound(**overrides: object) -> InboundMessage:
         "subject": "Order 4471 not delivered",
         "text": "Where is my parcel?",
         "body": "Where is my parcel?\n\n> old quote",
-        "attachments": (Attachment(filename="a.pdf", content_type="application/pdf", size=3, sha256="0" * 64),),
+        "attachments": (
+            Attachment(filename="a.pdf", content_type="application/pdf", size=3, sha256="0" * 64),
+        ),
         "auth": {"spf": "pass", "dkim": "none", "dmarc": "none"},
         "metadata": {"auto_submitted": "auto-reply"},
     }
@@ -68,9 +70,22 @@ def test_inbound_json_has_the_contract_field_names() -> None:
     assert data["received_at"] == "2026-11-23T10:00:00Z"
     assert data["sender"] == {"id": "kumar@example.org", "name": "Kumar"}
     assert set(data) == {
-        "schema", "message_id", "channel", "channel_instance", "native_id", "received_at", "sender",
-        "recipients", "conversation_id", "in_reply_to", "subject", "text", "body", "attachments",
-        "auth", "metadata",
+        "schema",
+        "message_id",
+        "channel",
+        "channel_instance",
+        "native_id",
+        "received_at",
+        "sender",
+        "recipients",
+        "conversation_id",
+        "in_reply_to",
+        "subject",
+        "text",
+        "body",
+        "attachments",
+        "auth",
+        "metadata",
     }
 
 

@@ -11,9 +11,19 @@ import pytest
 from models.config import KafkaConfig
 
 COMMANDS = [
-    ["up"], ["demo"], ["connector", "run"], ["router", "run"], ["topics", "init"], ["tail"],
-    ["classify"], ["train"], ["eval"], ["channels", "list"], ["channels", "check"],
-    ["quarantine", "list"], ["quarantine", "reprocess"],
+    ["up"],
+    ["demo"],
+    ["connector", "run"],
+    ["router", "run"],
+    ["topics", "init"],
+    ["tail"],
+    ["classify"],
+    ["train"],
+    ["eval"],
+    ["channels", "list"],
+    ["channels", "check"],
+    ["quarantine", "list"],
+    ["quarantine", "reprocess"],
 ]
 
 

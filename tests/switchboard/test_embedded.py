@@ -22,8 +22,11 @@ def _alive(pid: int) -> bool:
 
 async def test_embedded_broker_serves_a_round_trip_and_is_gone_after_the_parent_exits() -> None:
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.switchboard.embedded_parent",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "tests.switchboard.embedded_parent",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert parent.stdout is not None
     try:

@@ -48,8 +48,14 @@ async def test_sigterm_during_a_consume_loop_commits_what_was_processed_and_exit
 
     group = f"sigterm-{unique}"
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.switchboard.consume_worker", str(kafka_config.bootstrap), topic, group,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "tests.switchboard.consume_worker",
+        str(kafka_config.bootstrap),
+        topic,
+        group,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert worker.stdout is not None
     while True:  # wait until it is mid-stream
@@ -97,7 +103,9 @@ async def test_readyz_reports_each_component_and_metrics_are_prometheus_text() -
 
 def test_a_port_in_use_is_one_clear_error() -> None:
     first = HttpServer(build_app(Readiness(), CollectorRegistry()), HostPort("127.0.0.1", 0))
-    with pytest.raises(ListenError, match=rf"cannot listen on 127.0.0.1:{first.port}: Address already in use"):
+    with pytest.raises(
+        ListenError, match=rf"cannot listen on 127.0.0.1:{first.port}: Address already in use"
+    ):
         HttpServer(build_app(Readiness(), CollectorRegistry()), HostPort("127.0.0.1", first.port))
 
 
@@ -111,5 +119,8 @@ async def test_a_crashing_background_task_is_logged_and_flips_readiness() -> Non
 
     await supervisor.spawn("poller", crash())
     await asyncio.sleep(0.05)
-    assert readiness.snapshot()["poller"] == {"ready": False, "reason": "task failed: RuntimeError('mailbox vanished')"}
+    assert readiness.snapshot()["poller"] == {
+        "ready": False,
+        "reason": "task failed: RuntimeError('mailbox vanished')",
+    }
     await supervisor.stop()
