@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -11,7 +12,7 @@ from bus.options import client_options
 from models.config import KafkaConfig
 from models.topics import TopicSpec
 
-__all__ = ["ensure_topics", "list_topics"]
+__all__ = ["ensure_topics", "list_topics", "partitions_of"]
 
 # Compacted topics hold connector checkpoints and conversation state: keep them small and
 # never expire them; a short dirty ratio keeps restarts (which read the whole topic) quick.
@@ -69,3 +70,19 @@ def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
         message = entry[2] if len(entry) > 2 else None
         rows.append((name, code, message))
     return rows
+
+
+async def partitions_of(config: KafkaConfig, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of the existing topics among *topics* (missing topics are skipped)."""
+    admin = AIOKafkaAdminClient(**client_options(config))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(entry["topic"], partition["partition"])
+        for entry in described
+        if entry.get("error_code", 0) == 0
+        for partition in entry.get("partitions", [])
+    ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from bus.admin import partitions_of
 from bus.consumer import behind
 from bus.options import client_options
 from bus.producer import Producer
@@ -28,7 +29,7 @@ async def read_compacted(config: KafkaConfig, topic: str, timeout: float = 60.0)
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = await partitions_of(config, [topic])
         if not partitions:
             return {}
         consumer.assign(partitions)
@@ -48,6 +49,9 @@ async def read_compacted(config: KafkaConfig, topic: str, timeout: float = 60.0)
                             values[record.key] = record.value
         return values
     finally:
+        # aiokafka starts a coordinator task on assign(); stopping before it first ran
+        # surfaces as CancelledError, so let it run once.
+        await asyncio.sleep(0)
         await consumer.stop()
 
 

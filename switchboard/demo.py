@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TextIO
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from bus.admin import partitions_of
 from bus.options import client_options
 from models import RoutedMessage
 from models.config import Settings
@@ -80,7 +81,7 @@ async def run_demo(settings: Settings, *, timeout: float, out: TextIO) -> bool:
     consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(q, p) for q in queues for p in consumer.partitions_for_topic(q) or ()]
+        partitions = await partitions_of(kafka, queues)
         if not partitions:
             out.write(f"no queues found on {bootstrap}: is `switchboard up` running?\n")
             return False

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from bus.admin import partitions_of
 from bus.consumer import behind
 from bus.headers import header
 from bus.options import client_options
@@ -25,7 +26,7 @@ async def _records(settings: Settings) -> AsyncIterator[ConsumerRecord[bytes, by
     consumer = AIOKafkaConsumer(**client_options(settings.kafka), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = await partitions_of(settings.kafka, [topic])
         if not partitions:
             return
         consumer.assign(partitions)
