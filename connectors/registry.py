@@ -97,6 +97,14 @@ class Registry:
             self._loaded[type_name] = _load(target)
         return self._loaded[type_name]
 
+    def available(self, type_name: str) -> bool:
+        """Whether *type_name* is known and its module imports."""
+        try:
+            self.get(type_name)
+        except (KeyError, ImportError):
+            return False
+        return True
+
     def validate(self, channel: ChannelConfig, index: int) -> ChannelConfig:
         """Validate one ``channels[index]`` entry against its type's own model."""
         path = f"channels[{index}]"
@@ -107,6 +115,8 @@ class Registry:
             raise ConfigError(
                 [f"{path}.type: unknown channel type {channel.type!r} (known: {known})"]
             ) from None
+        except ImportError as error:
+            raise ConfigError([f"{path}.type: the {channel.type} channel cannot be loaded: {error}"]) from None
         try:
             return channel_type.config_model.model_validate(channel.model_dump())
         except ValidationError as error:

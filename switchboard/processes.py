@@ -52,8 +52,13 @@ def _host(
 
 
 def _router(process: Process) -> None:
-    from router.pipeline import build_decider
-    from router.service import RouterService
+    try:
+        from router.pipeline import build_decider
+        from router.service import RouterService
+    except ImportError as error:  # a build without the router still hosts its channels
+        process.log.error("the router is not available in this installation", error=str(error))
+        process.readiness.component("router").failing(f"not installed: {error}")
+        return
 
     decider = build_decider(process.settings.router, lambda: datetime.now(UTC))
     process.add(

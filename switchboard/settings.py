@@ -86,8 +86,11 @@ def load_settings(
     """The validated settings and the file they came from (None: built-in defaults or demo)."""
     env = os.environ if env is None else env
     found = find_config(path, env)
-    if found is None:
-        data: dict[str, Any] = DEMO_CONFIG if demo_fallback else {}
+    if found is None and demo_fallback:
+        channels = [c for c in DEMO_CONFIG["channels"] if registry.available(c["type"])]
+        data: dict[str, Any] = {**DEMO_CONFIG, "channels": channels}
+    elif found is None:
+        data = {}
     else:
         data = _read_yaml(found)
     return settings_from_mapping(data, env, registry), found
