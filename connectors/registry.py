@@ -116,7 +116,9 @@ class Registry:
                 [f"{path}.type: unknown channel type {channel.type!r} (known: {known})"]
             ) from None
         except ImportError as error:
-            raise ConfigError([f"{path}.type: the {channel.type} channel cannot be loaded: {error}"]) from None
+            raise ConfigError(
+                [f"{path}.type: the {channel.type} channel cannot be loaded: {error}"]
+            ) from None
         try:
             return channel_type.config_model.model_validate(channel.model_dump())
         except ValidationError as error:

@@ -76,6 +76,10 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             fail(str(error) or type(error).__name__, code=1)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as error:
+            if not (error.name or "").startswith(("router", "connectors")):
+                raise
+            fail(f"not available in this build: {error.name} is not installed yet", code=3)
 
     return wrapper
 
