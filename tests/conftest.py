@@ -17,20 +17,9 @@ from aiokafka import AIOKafkaConsumer
 
 from bus.admin import ensure_topics
 from bus.options import client_options
-from models.config import KafkaConfig
+from models.config import DEFAULT_DEPARTMENTS, KafkaConfig
 from models.topics import Topics
 
-DEPARTMENTS = (
-    "orders",
-    "shipping",
-    "billing",
-    "returns",
-    "sales",
-    "support",
-    "feedback",
-    "complaints",
-    "general",
-)
 
 
 def _reachable(address: str) -> bool:
@@ -72,7 +61,7 @@ def topics(kafka_config: KafkaConfig) -> Topics:
 
 @pytest.fixture
 async def created_topics(kafka_config: KafkaConfig, topics: Topics) -> Topics:
-    await ensure_topics(kafka_config, topics.all(DEPARTMENTS))
+    await ensure_topics(kafka_config, topics.all(DEFAULT_DEPARTMENTS))
     return topics
 
 
