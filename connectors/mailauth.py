@@ -21,12 +21,12 @@ import asyncio
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import dkim  # type: ignore[import-untyped]
 import dns.asyncresolver
@@ -135,6 +135,26 @@ class StaticResolver:
         return list(self._records.get((_fold(name), rtype), []))
 
 
+_INLINE_LIMIT = 256 * 1024  # bytes of mail hashed on the event loop; larger mail goes to a thread
+
+
+async def _off_loop_if_large(size: int, function: Callable[..., _T], *args: Any) -> _T:
+    """Run *function* in a worker thread only for large mail.
+
+    A thread hand-off costs more than hashing a small mail, and its GIL contention delays
+    every other session; a large mail, though, must not stall them for its whole hashing.
+    """
+    if size <= _INLINE_LIMIT:
+        return function(*args)
+    return await asyncio.to_thread(function, *args)
+
+
+def _header_section(raw: bytes) -> bytes:
+    """The header section of a mail (up to the first empty line)."""
+    ends = [end + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (end := raw.find(sep)) >= 0]
+    return raw[: min(ends)] if ends else raw
+
+
 def _fold(name: str) -> str:
     return name.rstrip(".").lower()
 
@@ -163,7 +183,7 @@ _LOOKUP_LIMIT = 10  # DNS-querying terms per evaluation (RFC 7208 §4.6.4)
 _VOID_LIMIT = 2  # lookups answered with nothing (RFC 7208 §4.6.4)
 _MX_LIMIT = 10
 _MACRO = re.compile(
-    r"%(?:\{(?P<letter>[a-zA-Z])(?P<digits>\d*)(?P<reverse>r?)(?P<delims>[.\-+,/_=]*)\}|(?P<esc>[%_-]))"
+    r"%(?:\{(?P<letter>[a-zA-Z])(?P<digits>\d*)(?P<reverse>[rR]?)(?P<delims>[.\-+,/_=]*)\}|(?P<esc>[%_-]))"
 )
 _MODIFIER = re.compile(r"(?P<name>[A-Za-z][A-Za-z0-9_.-]*)=(?P<value>.*)")
 _MECHANISM = re.compile(r"(?P<name>[A-Za-z0-9]+)(?P<rest>.*)")
@@ -451,6 +471,7 @@ def _macro_value(session: _SpfSession, letter: str, domain: str) -> str:
 
 DkimValue = Literal["pass", "fail", "none", "temperror", "permerror"]
 _MAX_SIGNATURES = 5  # evaluated per message; more are ignored (bounded work per mail)
+_DKIM_HEADER = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +497,9 @@ async def check_dkim(resolver: Resolver, raw: bytes) -> DkimResult:
     Parsing and the RSA work run in a worker thread, so a large message does not stall the
     event loop. The best outcome wins: pass › temperror › fail › permerror.
     """
-    verifier, signatures = await asyncio.to_thread(_prepare_signatures, raw)
+    if _DKIM_HEADER.search(_header_section(raw)) is None:
+        return DkimResult("none")
+    verifier, signatures = await _off_loop_if_large(len(raw), _prepare_signatures, raw)
     if not signatures:
         return DkimResult("none")
     pending = [s for s in signatures if s.outcome is None and s.key_name is not None]
@@ -493,7 +516,7 @@ async def check_dkim(resolver: Resolver, raw: bytes) -> DkimResult:
             signature.outcome = "permerror"  # no key published (RFC 6376 §6.1.2)
         else:
             signature.key = answer[0].encode("utf-8", errors="replace")
-    await asyncio.to_thread(_verify_signatures, verifier, signatures)
+    await _off_loop_if_large(len(raw), _verify_signatures, verifier, signatures)
     passed = tuple(dict.fromkeys(s.domain for s in signatures if s.outcome == "pass"))
     if passed:
         return DkimResult("pass", passed)
@@ -568,7 +591,7 @@ class DmarcResult:
 
 def _from_domains(raw: bytes) -> list[str] | None:
     """The domains of the From header's addresses; ``None`` when one is unusable."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(_header_section(raw))
     values = [str(v) for v in headers.get_all("From", [])]
     domains = []
     for _, address in getaddresses(values):
@@ -660,7 +683,7 @@ class MailAuthenticator:
         return self._organizational_domain(domain) == self._organizational_domain(from_domain)
 
     async def _dmarc(self, raw: bytes, spf: SpfResult, dkim_result: DkimResult) -> DmarcResult:
-        domains = await asyncio.to_thread(_from_domains, raw)
+        domains = _from_domains(raw)
         if domains is None or len(domains) > 1:
             return DmarcResult("permerror")
         if not domains:

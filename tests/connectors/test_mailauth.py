@@ -203,6 +203,13 @@ async def test_dkim_valid_signature_passes(signing_key: tuple[bytes, str]) -> No
     assert (result.result, result.domains) == ("pass", ("mail.example.org",))
 
 
+async def test_dkim_verifies_a_large_mail_off_the_event_loop(signing_key: tuple[bytes, str]) -> None:
+    pem, key_record = signing_key
+    resolver = StaticResolver({("sel._domainkey.mail.example.org", "TXT"): [key_record]})
+    large = MESSAGE + b"More detail about the parcel.\r\n" * 20_000  # ~600 kB
+    assert (await check_dkim(resolver, sign(pem, message=large))).result == "pass"
+
+
 async def test_dkim_tampered_body_fails(signing_key: tuple[bytes, str]) -> None:
     pem, key_record = signing_key
     resolver = StaticResolver({("sel._domainkey.mail.example.org", "TXT"): [key_record]})
