@@ -23,7 +23,8 @@ Public API (stable; the Slack and webchat channels import it):
   ``dedup_retention_hours``, ``max_in_flight``, ``drain_timeout``); subclasses add credentials
   and keep ``extra="forbid"``.
 * :class:`WebEdge` — ``endpoint(handler)``, ``read_body(request)``, ``deliver(deliveries, raw=…,
-  content_type=…)``, ``start()``, ``stop()``, ``log``, ``dedup``, ``now()``.
+  content_type=…)``, ``quarantine(raw, reason=…, error_class=…)``, ``failure(error)``,
+  ``start()``, ``stop()``, ``log``, ``dedup``, ``now()``.
 * :class:`Delivery` (dedup key + record), :class:`DeliveryReport` (``message_ids``,
   ``duplicates``, ``quarantined``).
 * Errors, each with ``status`` and a ``reason`` used as the metric label: :class:`EdgeError`,
@@ -644,22 +645,35 @@ class WebEdge:
         try:
             await self.context.publish(message)
         except RecordRejected as error:
-            await self._quarantine(message, raw, content_type, error)
+            await self.quarantine(
+                raw,
+                reason=f"record {message.message_id} rejected: {error}",
+                error_class=error.__class__.__name__,
+                content_type=content_type,
+                received_at=message.received_at,
+            )
             report.quarantined += 1
             return
         self.context.metrics.published(time.perf_counter() - started)
 
-    async def _quarantine(
-        self, message: InboundMessage, raw: bytes, content_type: str, error: RecordRejected
+    async def quarantine(
+        self,
+        raw: bytes,
+        *,
+        reason: str,
+        error_class: str,
+        content_type: str = "application/json",
+        received_at: datetime | None = None,
     ) -> None:
+        """Keep raw input that cannot become a record in ``sb.quarantine``; returns once durable."""
         item = QuarantineItem(
             channel_instance=self.config.name,
             raw=raw,
-            reason=f"record {message.message_id} rejected: {error}"[:1000],
-            error_class=error.__class__.__name__,
+            reason=reason[:1000],
+            error_class=error_class,
             content_type=content_type,
-            received_at=message.received_at,
+            received_at=received_at or self.now(),
         )
         await self.context.quarantine(item)
         self.context.metrics.quarantined()
-        self.log.warning("input quarantined", message_id=message.message_id, error=str(error))
+        self.log.warning("input quarantined", error_class=error_class, reason=reason[:200])
