@@ -343,6 +343,11 @@ async def inbound_records(config: KafkaConfig, topic: str) -> list[InboundMessag
     await consumer.start()
     try:
         partitions = await partitions_of(config, [topic])
+        for _ in range(50):  # a topic created a moment ago may not be described yet
+            if partitions:
+                break
+            await asyncio.sleep(0.2)
+            partitions = await partitions_of(config, [topic])
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
