@@ -531,6 +531,8 @@ def _attribution_end(lines: Sequence[str], start: int) -> int | None:
     first = lines[start].strip()
     if not first or _is_quoted(first) or len(first) > 400:
         return None
+    if not any(line.rstrip().endswith(":") for line in lines[start : start + 3]):
+        return None  # every attribution ends with a colon: the cheap test first
     longest = 3 if _ATTRIBUTION_OPENER.match(first) and first[-1] not in ".!?।" else 1
     for end in range(start + 1, min(start + 1 + longest, len(lines) + 1)):
         if end > start + 1 and not lines[end - 1].strip():
