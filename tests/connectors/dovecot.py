@@ -100,6 +100,10 @@ class Dovecot:
     _process: subprocess.Popen[bytes] | None = None
 
     @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
     def config_file(self) -> Path:
         return self.directory / "dovecot.conf"
 
@@ -232,11 +236,15 @@ service stats {{
     # ------------------------------------------------------------------ client side
 
     @contextlib.contextmanager
-    def client(self) -> Iterator[IMAPClient]:
-        """A logged-in client over STARTTLS, as a test's mail sender."""
+    def client(self, user: str | None = None, token: str | None = None) -> Iterator[IMAPClient]:
+        """A client logged in over STARTTLS, as a test's mail sender: with the password, or
+        with XOAUTH2 when *token* is given."""
         with IMAPClient(self.host, self.port, ssl=False, timeout=10) as imap:
             imap.starttls(ssl.create_default_context(cafile=str(self.ca_file)))
-            imap.login(self.user, self.password)
+            if token is None:
+                imap.login(user or self.user, self.password)
+            else:
+                imap.oauth2_login(user or self.oauth_user, token)
             yield imap
 
     def append(
@@ -260,6 +268,12 @@ service stats {{
         with self.client() as imap:
             imap.select_folder(folder, readonly=True)
             return tuple(imap.get_flags([uid]).get(uid, ()))
+
+    def raw(self, uid: int, folder: str = "INBOX") -> bytes:
+        """The message as the server stores it (APPEND may have normalized line ends)."""
+        with self.client() as imap:
+            imap.select_folder(folder, readonly=True)
+            return bytes(imap.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"])
 
     def recreate(self, folder: str) -> None:
         """Delete and re-create *folder*: the server assigns it a new UIDVALIDITY."""
