@@ -519,13 +519,22 @@ class SdkWebApi:
     """:class:`SlackWebApi` on slack_sdk's ``WebClient`` (standard library HTTP, no aiohttp).
 
     Each call runs in a worker thread and is bounded by *timeout* (the socket timeout of the
-    call, and the wait for it); failures become :class:`SlackApiFailed`.
+    call, and the wait for it); failures become :class:`SlackApiFailed`. *base_url* is Slack's
+    API root; tests point it at a local stand-in.
     """
 
-    def __init__(self, *, bot_token: SecretStr | None, app_token: SecretStr | None, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        bot_token: SecretStr | None,
+        app_token: SecretStr | None,
+        timeout: float,
+        base_url: str = "https://slack.com/api/",
+    ) -> None:
         self._bot_token = bot_token
         self._app_token = app_token
         self._timeout = timeout
+        self._base_url = base_url
 
     async def _call(
         self, method: str, token: SecretStr | None, call: Callable[[Any], Any]
@@ -535,7 +544,9 @@ class SdkWebApi:
 
         if token is None:
             raise SlackApiFailed(method, "no token configured for this call")
-        client = WebClient(token=token.get_secret_value(), timeout=int(max(1, self._timeout)))
+        client = WebClient(
+            token=token.get_secret_value(), base_url=self._base_url, timeout=int(max(1, self._timeout))
+        )
 
         def blocking() -> Mapping[str, Any]:
             response = call(client)

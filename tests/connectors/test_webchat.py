@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
@@ -32,6 +33,7 @@ from models.errors import PublishError
 from models.topics import Topics
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness
+from tests.connectors.test_slack import OwnBroker
 
 INSTANCE = "website-chat"
 ORIGIN = "https://shop.example.com"
@@ -542,3 +544,91 @@ async def test_the_widget_delivers_in_order_and_a_reload_resends_what_was_not_ac
     assert later["session"] == state["session"]
     records = await inbound_records(kafka_config, topics.inbound)
     assert len(records) == 3 and len({r.conversation_id for r in records}) == 1
+
+
+# --------------------------------------------------------------- a real broker outage
+
+
+@pytest.fixture
+async def own_broker(tmp_path: Path) -> AsyncIterator[OwnBroker]:
+    broker = OwnBroker(tmp_path / "kafka")
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def test_broker_outage_the_widget_protocol_gets_unavailable_and_loses_nothing(
+    own_broker: OwnBroker, serve_chat: Any
+) -> None:
+    from bus.admin import ensure_topics
+    from bus.producer import Producer
+    from bus.publisher import InboundPublisher
+    from bus.state import KafkaStateStore
+    from connectors.metrics import ChannelMetricFamilies
+    from switchboard.supervision import Supervisor
+
+    kafka_config = KafkaConfig(
+        bootstrap=f"127.0.0.1:{own_broker.port}",
+        topic_prefix="chatoutage",
+        partitions=2,
+        publish_timeout_s=2.0,
+        request_timeout_ms=3000,
+    )
+    topics = Topics(kafka_config.topic_prefix)
+    await ensure_topics(kafka_config, topics.all(["general"]))
+    producer = Producer(kafka_config, idempotent=True)
+    await producer.start()
+    readiness = Readiness()
+    logger = structlog.get_logger("test")
+    supervisor = Supervisor(readiness, logger)
+    publisher = InboundPublisher(producer, topics, kafka_config.max_record_bytes)
+    context = ConnectorContext(
+        publish=publisher.publish,
+        quarantine=publisher.quarantine,
+        state=KafkaStateStore(producer, topics.state, INSTANCE),
+        health=readiness.component(INSTANCE),
+        metrics=ChannelMetricFamilies(CollectorRegistry()).bind("webchat", INSTANCE),
+        spawn=supervisor.spawn,
+        logger=logger,
+    )
+    try:
+        chat = await serve_chat(context, publish_deadline=2.0, message_burst=100)
+        acked: dict[str, str] = {}  # client id -> message_id
+        async with chat.open() as ws:
+            await hello(ws)
+            for n in range(3):
+                await send(ws, type="message", id=f"before-{n}", text=f"before the outage {n}")
+                ack = await frame(ws)
+                acked[ack["id"]] = ack["message_id"]
+
+            await own_broker.stop()
+            for n in range(2):
+                await send(ws, type="message", id=f"during-{n}", text=f"during the outage {n}")
+                error = await frame(ws, timeout=5)
+                assert error["code"] == "unavailable" and error["id"] == f"during-{n}"
+
+            await own_broker.start()
+            pending = [f"during-{n}" for n in range(2)]
+            deadline = time.monotonic() + 90
+            while pending and time.monotonic() < deadline:  # what the widget does after retry_after
+                client_id = pending[0]
+                await send(ws, type="message", id=client_id, text=f"during the outage {client_id[-1]}")
+                answer = await frame(ws, timeout=10)
+                if answer["type"] == "ack":
+                    acked[client_id] = answer["message_id"]
+                    pending.pop(0)
+                else:
+                    assert answer["code"] == "unavailable"
+                    await asyncio.sleep(answer["retry_after"])
+            assert pending == []
+        records = await inbound_records(kafka_config, topics.inbound)
+    finally:
+        await supervisor.stop()
+        await producer.stop()
+    ids: dict[str, set[str]] = {}
+    for message in records:
+        ids.setdefault(message.native_id.rsplit(":", 1)[1], set()).add(message.message_id)
+    assert set(ids) == set(acked)  # every acknowledged message is there, nothing else
+    assert all(found == {acked[client_id]} for client_id, found in ids.items())  # repeats share the id
