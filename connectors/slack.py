@@ -1,14 +1,18 @@
 """Slack (type ``slack``): customer messages from Slack channels, threads and DMs as records.
 
-Two transports feed one intake, chosen by ``mode`` (default: ``socket`` when an ``app_token``
-is configured, else ``http``):
+Two transports feed one intake; each is on when its credential is configured (both may be,
+e.g. while moving an app from one to the other; deduplication spans them):
 
-* **Events API over HTTP** at ``/channels/<name>``. The request signature (``X-Slack-Signature``
-  over the raw body, timestamp at most five minutes off) is checked before the body is even
-  parsed; a failure is 401. ``url_verification`` is answered with its challenge.
-* **Socket Mode**: an outbound WebSocket opened with the app-level token; every envelope is
-  acknowledged on the socket only after its record is durable, so an unacknowledged envelope
-  is redelivered by Slack.
+* **Events API over HTTP** (``signing_secret``) at ``/channels/<name>/``. The request signature
+  (``X-Slack-Signature`` over the raw body, timestamp at most five minutes off) is checked
+  before the body is even parsed; a failure is 401. ``url_verification`` is answered with its
+  challenge. Answers: 200 ``{"ok": true, "outcome": "published" | "duplicate" | "ignored",
+  "message_id"}``; 400 (not JSON), 401 (signature), 413 (``max_body_bytes``), 429 (rate
+  limit), 503 with ``Retry-After`` (broker down or slow), all mapped in one place,
+  :func:`connectors.webedge.answer_for`. Without a ``signing_secret`` the path answers 404.
+* **Socket Mode** (``app_token``): an outbound WebSocket opened with the app-level token; every
+  envelope is acknowledged on the socket only after its record is durable, so an
+  unacknowledged envelope is redelivered by Slack.
 
 Guarantees
 ----------
@@ -20,7 +24,8 @@ Guarantees
   (``X-Slack-Retry-Num`` / ``retry_attempt``, same ``event_id``) and for the ``message`` and
   ``app_mention`` events Slack sends for one message that mentions the app. A retry that
   arrives while the first attempt is still publishing waits for that attempt's outcome; the
-  processed-id memory lives in ``sb.state`` and so outlives Slack's retry horizon and restarts.
+  processed-id memory lives in ``sb.state`` (``dedup_retention_hours``, 8 days by default) and
+  so outlives Slack's retry horizon (three retries within about five minutes) and restarts.
 * **What becomes a record**: ``message`` events (public and private channels, thread replies,
   DMs and group DMs; subtypes none, ``file_share``, ``thread_broadcast``, ``me_message``) and
   ``app_mention``. Answered 200 and dropped: anything from a bot (``bot_id``, subtype
@@ -51,7 +56,7 @@ the request path, and has no in-flight-aware deduplication. Its async classes al
 ``aiohttp`` for the Web API client. Here the Events API is driven directly: verification first
 (:func:`connectors.signatures.verify_slack`, the same v0 scheme as bolt's verifier), then the
 mapping below, then publish, and only then the answer, so each outcome has exactly one HTTP
-status (see :data:`ANSWERS`). Socket Mode is spoken directly over ``websockets`` (already a
+status. Socket Mode is spoken directly over ``websockets`` (already a
 dependency) for the same reason: the envelope is acknowledged after the broker confirmed.
 Web API calls go through slack_sdk's synchronous ``WebClient`` in a worker thread, bounded by a
 timeout, behind the :class:`SlackWebApi` protocol that tests replace.
@@ -169,6 +174,7 @@ class SlackConfig(HttpChannelConfig):
 # Subtypes of ``message`` that a person wrote; everything else is housekeeping or a bot.
 _CUSTOMER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
 _CHANNEL_TYPES = frozenset({"channel", "group", "im", "mpim", "app_home"})
+UNKNOWN_USER = "unknown"  # sender of a deletion whose author Slack did not include
 _MAX_FILES = 100  # attachment metadata kept per message; Slack allows far fewer per message
 
 
@@ -473,7 +479,7 @@ def _deletion(
         native_id=f"{place.native_id()}:deleted",
         place=place,
         # Slack does not say who deleted; the author of the deleted message is the best sender.
-        user=_str(previous.get("user")) or "unknown",
+        user=_str(previous.get("user")) or UNKNOWN_USER,
         text="",
         body="",
         attachments=(),
@@ -704,7 +710,8 @@ class _Intake:
             log.debug("slack event ignored", reason=result.reason)
             return "ignored", None
         message = result
-        if self._users is not None and not await self._edge.dedup.seen(message.message_id):
+        known_user = message.sender.id != UNKNOWN_USER
+        if self._users is not None and known_user and not await self._edge.dedup.seen(message.message_id):
             name = await self._users.name(message.sender.id)
             if name is not None:
                 message = message.model_copy(update={"sender": Sender(id=message.sender.id, name=name)})

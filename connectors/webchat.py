@@ -235,7 +235,6 @@ class _Connection:
         self._bucket = TokenBucket(self._config.message_rate, self._config.message_burst)
         self._visitor: _Visitor | None = None
         self._pending: asyncio.Future[Message] | None = None
-        self.busy = False
 
     async def send(self, frame: Mapping[str, Any]) -> bool:
         """Send one frame; False when the client is already gone."""
@@ -387,15 +386,12 @@ class _Connection:
             )
             return
         record = self._record(visitor, client_id, text.strip())
-        self.busy = True
         try:
             report = await self._edge.deliver([Delivery(record.message_id, record)], raw=raw)
         except Exception as error:
             self._edge.failure(error)  # counted and logged like any edge failure
             await self.send(_failure_frame(error, client_id))
             return
-        finally:
-            self.busy = False
         await self.send(
             {
                 "type": "ack",
