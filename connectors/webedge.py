@@ -44,8 +44,10 @@ slow broker confirmation still marks the id processed and the platform's retry i
 Processed ids are remembered in a bounded in-memory LRU and in ``ctx.state`` (one key per id,
 value = the time it was processed), retained ``dedup_retention_hours`` (≥ 24 h; default 8 days,
 longer than WhatsApp's 7-day and Slack's minutes-long retry horizons), so a restarted connector
-still recognises a retry. Expired ids are deleted from the state by a periodic prune when the
-state store can list its keys.
+still recognises a retry. The state write starts right after the broker confirmed the record and
+runs off the answer's path (``stop()`` waits for it): a crash in that instant costs at most one
+repeat of the record with the same ``message_id``, which consumers drop. Expired ids are deleted
+from the state by a periodic prune when the state store can list its keys.
 """
 
 from __future__ import annotations
@@ -368,6 +370,7 @@ class Deduplicator:
         self._task_timeout = task_timeout
         self._prefix = f"{namespace}:"
         self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
+        self._marks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
 
     @property
@@ -392,7 +395,7 @@ class Deduplicator:
         if task is None:
             if self._closed.is_set():
                 raise Unavailable("shutting down", reason="shutting_down", retry_after=1)
-            if len(self._in_flight) >= self._max_in_flight:
+            if len(self._in_flight) + len(self._marks) >= self._max_in_flight:
                 raise Unavailable("too many messages in flight", reason="overloaded", retry_after=1)
             task = asyncio.create_task(self._first_attempt(key, action), name=f"dedup {key}")
             self._in_flight[key] = task
@@ -414,8 +417,23 @@ class Deduplicator:
         async with asyncio.timeout(self._task_timeout):
             await action()
         self._remember(key)
-        await self._persist(key)
+        self._mark_soon(key)
         return "processed"
+
+    def _mark_soon(self, key: str) -> None:
+        """Persist the processed mark off the answer's path: it only serves later retries.
+
+        Pending marks count against ``max_in_flight`` with the running actions, so a state topic
+        that falls behind makes new keys wait (503) instead of letting writes pile up.
+        """
+        task = asyncio.create_task(self._persist(key), name=f"dedup mark {key}")
+        self._marks.add(task)
+        task.add_done_callback(self._marks.discard)
+
+    async def flush(self) -> None:
+        """Wait until every processed mark written so far is durable (or failed and was logged)."""
+        while self._marks:
+            await asyncio.wait(set(self._marks))
 
     def _remember(self, key: str) -> None:
         self._memory[key] = None
@@ -471,16 +489,19 @@ class Deduplicator:
                 await asyncio.wait_for(self._closed.wait(), timeout=interval)
 
     async def close(self, timeout: float) -> None:
-        """Refuse new keys, let running actions finish within *timeout*, cancel the rest."""
+        """Refuse new keys; let running actions and mark writes finish within *timeout*, cancel the rest."""
         self._closed.set()
-        tasks = list(self._in_flight.values())
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for group in (self._in_flight.values(), self._marks):
+            tasks = list(group)
+            if not tasks:
+                continue
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
 
 # ----------------------------------------------------------------------------------- the edge

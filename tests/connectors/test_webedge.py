@@ -257,7 +257,7 @@ async def test_body_limit_declared_streamed_and_slow(
 async def test_broker_failure_is_503_and_nothing_is_remembered(
     echo: tuple[WebEdge, httpx.AsyncClient], host: Host
 ) -> None:
-    _, client = echo
+    edge, client = echo
     host.publish_error = PublishError("down")
     failed = await client.post("/", content=b"m1")
     host.publish_error = None
@@ -267,6 +267,7 @@ async def test_broker_failure_is_503_and_nothing_is_remembered(
     assert retried.json() == {"ids": ["id-m1"], "duplicates": 0}
     assert again.json() == {"ids": [], "duplicates": 1}
     assert [m.native_id for m in host.published] == ["m1"]
+    await edge.dedup.flush()
     assert set(host.state.values) == {"seen:m1"}
 
 
@@ -359,6 +360,7 @@ async def test_processed_ids_are_persisted_and_expire_after_retention(host: Host
     calls: list[str] = []
     first = dedup(host, retention=timedelta(hours=24))
     assert await first.run_once("k", counting_action(calls, "k"), deadline=5) == "processed"
+    await first.flush()
     assert host.state.values["seen:k"] == b"2026-11-23T10:00:00Z"
 
     restarted = dedup(host, retention=timedelta(hours=24))  # new process: empty memory
@@ -380,6 +382,7 @@ async def test_memory_is_bounded_and_the_state_still_remembers(host: Host) -> No
     calls: list[str] = []
     for key in ("a", "b", "c"):
         await seen.run_once(key, counting_action(calls, key), deadline=5)
+    await seen.flush()
     assert await seen.run_once("a", counting_action(calls, "a"), deadline=5) == "duplicate"  # from state
     # Without the state, only the two most recent ids are remembered ("a" was just looked up).
     host.state.values.clear()
@@ -393,6 +396,8 @@ async def test_state_write_failure_does_not_fail_a_published_message(host: Host)
     host.state.fail_puts = True
     calls: list[str] = []
     assert await seen.run_once("k", counting_action(calls, "k"), deadline=5) == "processed"
+    await seen.flush()
+    assert host.state.values == {}
     assert await seen.run_once("k", counting_action(calls, "k"), deadline=5) == "duplicate"  # memory
     assert calls == ["k"]
 
