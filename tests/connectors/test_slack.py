@@ -800,6 +800,52 @@ async def test_socket_mode_acks_each_envelope_after_its_record_is_durable(
     assert connector.socket is not None and connector.socket.connections == 2
 
 
+class RecordingHealth:
+    def __init__(self) -> None:
+        self.states: list[str] = []
+
+    def ok(self) -> None:
+        self.states.append("ok")
+
+    def failing(self, reason: str) -> None:
+        self.states.append(f"failing: {reason}")
+
+
+async def test_socket_mode_reports_a_failed_connection_and_retries_with_backoff(
+    connector_context: ConnectorContext,
+) -> None:
+    fake = FakeSlackSocket()
+    async with serve(fake.handler, "127.0.0.1", 0) as server:
+        api = FakeApi()
+        refusals = 2
+
+        async def open_socket() -> str:
+            nonlocal refusals
+            api.calls.append("apps.connections.open")
+            if refusals:
+                refusals -= 1
+                raise SlackApiFailed("apps.connections.open", "invalid_auth")
+            return f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/link"
+
+        api.open_socket = open_socket  # type: ignore[method-assign]
+        health = RecordingHealth()
+        config = SlackConfig(name=INSTANCE, type="slack", app_token="xapp-1", drain_timeout=1)
+        connector = SlackConnector(config, dataclasses.replace(connector_context, health=health), api=api)
+        started = time.monotonic()
+        await connector.start()
+        try:
+            await asyncio.wait_for(fake.connected.wait(), 10)
+            assert connector.socket is not None
+            while connector.socket.connections == 0:  # until the client has read the hello
+                await asyncio.sleep(0.01)
+        finally:
+            await connector.stop()
+    assert api.calls == ["apps.connections.open"] * 3
+    assert health.states[:2] == ["failing: socket mode: apps.connections.open: invalid_auth"] * 2
+    assert health.states[2] == "ok"  # after Slack's hello
+    assert time.monotonic() - started >= 1.0  # backed off: about 0.5-1 s, then 1-2 s
+
+
 async def test_socket_mode_through_the_sdk_client_end_to_end(
     fake_web_api: Any, connector_context: ConnectorContext, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
