@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -51,7 +51,7 @@ from connectors.mail import EmailEnvelope, UnparseableEmail, message_from_email
 from connectors.registry import ChannelType
 from models import InboundMessage
 from models.config import ChannelConfig
-from models.errors import RecordRejected, SwitchboardError
+from models.errors import PublishError, RecordRejected, SwitchboardError
 from models.quarantine import QuarantineItem
 
 __all__ = [
@@ -487,6 +487,14 @@ class _Mailbox:
                     client.idle_done()
             _close(client)
 
+    def abort(self) -> None:
+        """Drop a connection that failed, without a LOGOUT that could wait on a dead peer."""
+        with self._lock:
+            client, self._client = self._client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.shutdown()
+
 
 # --------------------------------------------------------------------------- connector
 
@@ -565,6 +573,8 @@ class ImapConnector:
         self._problems = {folder: "connecting" for folder in self.config.folders}
         await self._context.spawn(f"channel:{self.name}", self._run())
         self._log.info("imap starting", folders=list(self.config.folders), security=self.config.security)
+        if self.config.security == "none":
+            self._log.warning("imap without TLS: the login travels in clear text")
 
     async def stop(self) -> None:
         """Finish the batch in flight (within ``drain_timeout``), log out, stop. Idempotent."""
@@ -631,10 +641,16 @@ class ImapConnector:
     def _key(self, folder: str) -> str:
         return f"folder/{folder}"
 
+    async def _confirmed(self, step: Awaitable[None], what: str) -> None:
+        """Await a broker write within ``publish_deadline``; a timeout is a :class:`PublishError`."""
+        try:
+            await asyncio.wait_for(step, timeout=self.config.publish_deadline)
+        except TimeoutError:
+            raise PublishError(f"{what} not confirmed within {self.config.publish_deadline:g}s") from None
+
     async def _save(self, folder: str, checkpoint: Checkpoint) -> None:
         """Make *checkpoint* durable; only ever called once what it covers is confirmed."""
-        put = self._context.state.put(self._key(folder), checkpoint.to_bytes())
-        await asyncio.wait_for(put, timeout=self.config.publish_deadline)
+        await self._confirmed(self._context.state.put(self._key(folder), checkpoint.to_bytes()), "checkpoint")
 
     # ----------------------------------------------------------------------- folder
 
@@ -651,7 +667,7 @@ class ImapConnector:
                 self._close_later(mailbox)
                 raise
             except Exception as error:
-                await self._call(mailbox.close)
+                await self._call(mailbox.abort)
                 if self._stopping.is_set():
                     break
                 reason = failure_reason(error)
@@ -824,8 +840,8 @@ class ImapConnector:
                     attachments=self._attachments,
                     extra_metadata={"imap": {"folder": folder, "uidvalidity": uidvalidity, "uid": uid}},
                 )
-            except OSError:
-                raise
+            except OSError as error:  # the attachment store: retriable, nothing is checkpointed
+                raise ImapUnavailable(f"attachment store failed: {error.strerror or error}") from error
             except Exception as error:
                 if not isinstance(error, UnparseableEmail):
                     self._log.error("mail parser failed unexpectedly", uid=uid, exc_info=error)
@@ -836,8 +852,7 @@ class ImapConnector:
     async def _publish(self, item: _Parsed, folder: str, uidvalidity: int, started: float) -> None:
         if isinstance(item.outcome, InboundMessage):
             try:
-                publish = self._context.publish(item.outcome)
-                await asyncio.wait_for(publish, timeout=self.config.publish_deadline)
+                await self._confirmed(self._context.publish(item.outcome), "record")
             except RecordRejected as error:
                 await self._quarantine_raw(item, error, folder, uidvalidity)
                 return
@@ -852,11 +867,14 @@ class ImapConnector:
         """Keep a mail that cannot be a record: the whole ``.eml`` in the attachment store (a
         quarantine record is cut at the broker's size), a record saying why in quarantine."""
         digest = hashlib.sha256(item.raw).hexdigest()
-        ref = await self._call(
-            lambda: self._attachments.put(
-                item.raw, sha256=digest, filename=f"{digest}.eml", content_type="message/rfc822"
+        try:
+            ref = await self._call(
+                lambda: self._attachments.put(
+                    item.raw, sha256=digest, filename=f"{digest}.eml", content_type="message/rfc822"
+                )
             )
-        )
+        except OSError as store_error:
+            raise ImapUnavailable(f"attachment store failed: {store_error.strerror or store_error}") from None
         where = f"imap {folder} uidvalidity {uidvalidity} uid {item.uid}"
         await self._send_to_quarantine(
             QuarantineItem(
@@ -896,7 +914,7 @@ class ImapConnector:
         self._log.warning("mail too large, header quarantined", uid=uid, size=summary.size)
 
     async def _send_to_quarantine(self, item: QuarantineItem) -> None:
-        await asyncio.wait_for(self._context.quarantine(item), timeout=self.config.publish_deadline)
+        await self._confirmed(self._context.quarantine(item), "quarantine record")
         self._context.metrics.quarantined()
 
     async def _wait_for_mail(self, mailbox: _Mailbox, idle: bool) -> None:
@@ -925,6 +943,11 @@ def build(config: ImapConfig, context: ConnectorContext) -> ImapConnector:
     return ImapConnector(config, context)
 
 
+def _comparable(folder: str) -> str:
+    """Folder names compare exactly, except INBOX, which is case-insensitive (RFC 3501)."""
+    return "INBOX" if folder.upper() == "INBOX" else folder
+
+
 def _check(config: ImapConfig) -> str:
     try:
         client = _login(config)
@@ -932,8 +955,8 @@ def _check(config: ImapConfig) -> str:
         raise ImapUnavailable(f"{config.address} as {config.username}: {failure_reason(error)}") from None
     try:
         names = {str(name) for _flags, _delimiter, name in client.list_folders()}
-        comparable = {name.upper() if name.upper() == "INBOX" else name for name in names}
-        missing = [f for f in config.folders if (f.upper() if f.upper() == "INBOX" else f) not in comparable]
+        known = {_comparable(name) for name in names}
+        missing = [folder for folder in config.folders if _comparable(folder) not in known]
         if missing:
             listed = ", ".join(sorted(names)[:20])
             raise ImapUnavailable(f"folder not found: {', '.join(missing)} (the server lists: {listed})")

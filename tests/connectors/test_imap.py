@@ -228,6 +228,10 @@ async def test_new_mail_is_published_once_and_left_unseen(harness: Harness) -> N
         }
         assert record.received_at.tzinfo is not None
     assert records[1].text.startswith("I was charged twice.")
+    stored = await asyncio.to_thread(harness.server.raw, first)
+    assert CHANNEL_TYPE.reprocess is not None
+    again = CHANNEL_TYPE.reprocess(harness.config(), stored)
+    assert again.message_id == records[0].message_id, "reprocessing repeats the id"
     assert b"\\Seen" not in await asyncio.to_thread(harness.server.flags, first), (
         "fetching must not mark read"
     )
@@ -317,9 +321,11 @@ async def test_a_bad_password_fails_health_with_a_clear_reason_and_no_secret_in_
     assert secret not in everything
 
 
-@pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_mail_arrives_over_starttls_and_implicit_tls(harness: Harness, security: str) -> None:
-    port = harness.server.port if security == "starttls" else harness.server.tls_port
+@pytest.mark.parametrize("security", ["starttls", "tls", "none"])
+async def test_mail_arrives_over_starttls_implicit_tls_and_plain_text(
+    harness: Harness, security: str
+) -> None:
+    port = harness.server.tls_port if security == "tls" else harness.server.port
     _, health, _ = await harness.start(harness.config(security=security, port=port))
     await until(lambda: health.ready, what=f"a {security} session")
     await harness.append(mail(f"Over {security}"))
@@ -333,12 +339,16 @@ async def test_an_untrusted_certificate_is_refused(harness: Harness) -> None:
     assert not health.ready and "TLS certificate not trusted" in health.reason, health.reason
 
 
-async def test_xoauth2_login(harness: Harness) -> None:
-    config = harness.config(
-        username=harness.server.oauth_user,
-        password=None,
-        oauth2={"access_token": harness.server.oauth_token},
+@pytest.mark.parametrize("source", ["access_token", "token_file"])
+async def test_xoauth2_login(harness: Harness, source: str) -> None:
+    token_file = harness.directory / "token"
+    token_file.write_text(harness.server.oauth_token + "\n")
+    token = (
+        {"access_token": harness.server.oauth_token}
+        if source == "access_token"
+        else {"token_file": token_file}
     )
+    config = harness.config(username=harness.server.oauth_user, password=None, oauth2=token)
     _, health, _ = await harness.start(config)
     await until(lambda: health.ready, what="an XOAUTH2 session")
     with harness.server.client(harness.server.oauth_user, harness.server.oauth_token) as imap:
