@@ -7,6 +7,8 @@ record is durable, and gets :class:`models.errors.PublishError` (retriable) othe
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +24,36 @@ __all__ = ["Producer", "supports_transactions"]
 
 _log = structlog.get_logger(__name__)
 
+CONFIRMED_MEMORY = 100_000
+CONFIRMED_TTL_S = 600.0
+"""How many confirmed message ids, and for how long, a producer remembers to absorb retries."""
+
 # Headroom above the largest record for the batch and request framing.
 _REQUEST_OVERHEAD = 64 * 1024
+
+
+def _identity(topic: str, headers: Sequence[tuple[str, bytes]]) -> tuple[str, bytes] | None:
+    for name, value in headers:
+        if name == "sb-message-id":
+            return (topic, value)
+    return None
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error if isinstance(error, Exception) else PublishError("send cancelled"))
+        future.exception()  # retrieved here: nobody else may be waiting for it
+
+
+def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        _settle(target, PublishError("delivery cancelled"))
+    elif (error := source.exception()) is not None:
+        _settle(target, error)
+    else:
+        target.set_result(source.result())
 
 
 def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict[str, Any]:
@@ -53,6 +83,8 @@ class Producer:
             options["transactional_id"] = transactional_id
         self._timeout = config.publish_timeout_s
         self.kafka = AIOKafkaProducer(**options)
+        self._in_flight: dict[tuple[str, bytes], asyncio.Future[Any]] = {}
+        self._confirmed: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
     async def start(self) -> None:
         try:
@@ -72,12 +104,30 @@ class Producer:
         key: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        """Produce one record and return once the broker confirmed it (acks=all)."""
+        """Produce one record and return once the broker confirmed it (acks=all).
+
+        A record that carries an ``sb-message-id`` header is produced at most once per process
+        while a send of it is still pending or was confirmed in the last ``CONFIRMED_TTL_S``: a
+        caller that gave up on a slow broker and retries waits for the first attempt instead of
+        producing a second copy (aiokafka still delivers a record whose wait timed out).
+        """
+        identity = _identity(topic, headers)
+        if identity is not None and self._recently_confirmed(identity):
+            return
         try:
-            future = await asyncio.wait_for(
-                self.kafka.send(topic, value, key=key, headers=list(headers)), timeout=self._timeout
-            )
-            await asyncio.wait_for(future, timeout=self._timeout)
+            pending = self._in_flight.get(identity) if identity is not None else None
+            if pending is None:
+                pending = asyncio.get_running_loop().create_future()
+                if identity is not None:
+                    self._track(identity, pending)  # before any await: a concurrent retry joins it
+                try:
+                    send = self.kafka.send(topic, value, key=key, headers=list(headers))
+                    delivery = await asyncio.wait_for(send, timeout=self._timeout)
+                except BaseException as error:
+                    _settle(pending, error)
+                    raise
+                delivery.add_done_callback(lambda done: _copy_outcome(done, pending))
+            await asyncio.wait_for(asyncio.shield(pending), timeout=self._timeout)
         except MessageSizeTooLargeError as error:
             raise RecordRejected(f"record too large for {topic}") from error
         except TimeoutError as error:
@@ -86,6 +136,24 @@ class Producer:
             ) from error
         except KafkaError as error:
             raise PublishError(f"the broker refused a record on {topic}: {error!r}") from error
+
+    def _track(self, identity: tuple[str, bytes], pending: asyncio.Future[Any]) -> None:
+        self._in_flight[identity] = pending
+
+        def settled(future: asyncio.Future[Any]) -> None:
+            if self._in_flight.get(identity) is future:
+                del self._in_flight[identity]
+            if not future.cancelled() and future.exception() is None:
+                self._confirmed[identity] = time.monotonic()
+                self._confirmed.move_to_end(identity)
+                while len(self._confirmed) > CONFIRMED_MEMORY:
+                    self._confirmed.popitem(last=False)
+
+        pending.add_done_callback(settled)
+
+    def _recently_confirmed(self, identity: tuple[str, bytes]) -> bool:
+        confirmed_at = self._confirmed.get(identity)
+        return confirmed_at is not None and time.monotonic() - confirmed_at < CONFIRMED_TTL_S
 
     async def reachable(self, timeout: float = 5.0) -> bool:
         """Whether the broker answers a metadata request now (for ``/readyz``)."""

@@ -18,7 +18,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    JsonValue,
     PlainSerializer,
     SecretStr,
     ValidationError,
@@ -34,6 +33,8 @@ __all__ = [
     "KafkaConfig",
     "ListenAddress",
     "RouterConfig",
+    "RuleConfig",
+    "RuleMatch",
     "Settings",
     "error_lines",
     "interpolate_env",
@@ -128,12 +129,75 @@ class ChannelConfig(BaseModel):
     )
 
 
+def _as_tuple(value: Any) -> Any:
+    """A single string where a list is expected means a list of one."""
+    return (value,) if isinstance(value, str) else value
+
+
+Strings = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+
+
+def _valid_pattern(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from error
+    return value
+
+
+Pattern = Annotated[str | None, BeforeValidator(_valid_pattern)]
+
+
+class RuleMatch(_Section):
+    """What a rule matches. Every condition given must hold; each list matches any of its items.
+
+    Addresses, domains, channels and languages compare case-insensitively; ``subject`` and
+    ``text`` are regular expressions searched case-insensitively; ``keywords`` are words or
+    phrases found anywhere in the subject or text, case-insensitively.
+    """
+
+    channel: Strings = ()
+    instance: Strings = ()
+    sender: Strings = ()
+    sender_domain: Strings = ()
+    recipient: Strings = ()
+    recipient_domain: Strings = ()
+    subject: Pattern = None
+    text: Pattern = None
+    language: Strings = ()
+    keywords: Strings = ()
+
+
+class RuleConfig(_Section):
+    """One admin rule: when ``match`` holds, apply the actions. Rules run in order, before the model.
+
+    ``department``: route there (the first matching rule with a department decides it);
+    ``priority`` / ``escalate``: set them (later matching rules may raise them further);
+    ``stop``: evaluate no further rules.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    match: RuleMatch = RuleMatch()
+    department: str | None = None
+    priority: Literal["low", "normal", "high", "urgent"] | None = None
+    escalate: bool | None = None
+    stop: bool = False
+
+    @model_validator(mode="after")
+    def _does_something(self) -> RuleConfig:
+        if self.department is None and self.priority is None and self.escalate is None and not self.stop:
+            raise ValueError("a rule needs at least one of department, priority, escalate, stop")
+        return self
+
+
 class RouterConfig(_Section):
     model: str | None = Field(default=None, description="path of a trained model; null = packaged")
     departments: tuple[str, ...] = DEFAULT_DEPARTMENTS
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
-    rules: tuple[dict[str, JsonValue], ...] = ()
+    rules: tuple[RuleConfig, ...] = ()
     auto_replies: Literal["route", "drop"] = "route"
+    affinity_switch_confidence: float = Field(default=0.85, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _departments_are_topic_safe(self) -> RouterConfig:
@@ -142,6 +206,15 @@ class RouterConfig(_Section):
                 raise ValueError(f"department {department!r} must be lowercase letters, digits, - or _")
         if len(set(self.departments)) != len(self.departments):
             raise ValueError("departments must be unique")
+        names: set[str] = set()
+        for index, rule in enumerate(self.rules):
+            if rule.department is not None and rule.department not in self.departments:
+                raise ValueError(
+                    f"rules[{index}].department: {rule.department!r} is not a configured department"
+                )
+            if rule.name in names:
+                raise ValueError(f"rules[{index}].name: {rule.name!r} is used by another rule")
+            names.add(rule.name)
         return self
 
 

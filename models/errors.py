@@ -3,7 +3,7 @@ a retriable failure becomes "try again later" (SMTP 451, HTTP 503), a final one 
 
 from __future__ import annotations
 
-__all__ = ["PublishError", "RecordRejected", "SwitchboardError"]
+__all__ = ["InvalidInput", "PublishError", "RecordRejected", "SwitchboardError"]
 
 
 class SwitchboardError(Exception):
@@ -20,3 +20,7 @@ class RecordRejected(SwitchboardError):
     """The record can never be published as it is (too large, invalid): retrying will not help."""
 
     retriable = False
+
+
+class InvalidInput(SwitchboardError, ValueError):
+    """A file or value the user gave cannot be used (a bad model file, a bad examples file)."""

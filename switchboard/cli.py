@@ -60,7 +60,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
         from aiokafka.errors import KafkaConnectionError, KafkaError
 
         from models.config import ConfigError
-        from models.errors import SwitchboardError
+        from models.errors import InvalidInput, SwitchboardError
         from switchboard.embedded import EmbeddedBrokerUnavailable
         from switchboard.http import ListenError
 
@@ -68,7 +68,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ConfigError as error:
             fail("invalid configuration: " + "; ".join(error.lines))
-        except (ListenError, EmbeddedBrokerUnavailable) as error:
+        except (ListenError, EmbeddedBrokerUnavailable, InvalidInput) as error:
             fail(str(error))
         except KafkaConnectionError as error:
             fail(f"cannot reach the Kafka broker: {error}", code=1)
@@ -85,11 +85,15 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def _load(config: Path | None, *, demo_fallback: bool = False) -> Any:
+    return _load_with_path(config, demo_fallback=demo_fallback)[0]
+
+
+def _load_with_path(config: Path | None, *, demo_fallback: bool = False) -> tuple[Any, Path | None]:
+    """The settings and the file they came from (None: built-in defaults or the demo config)."""
     from connectors.registry import Registry
     from switchboard.settings import load_settings
 
-    settings, _ = load_settings(config, Registry.default(), demo_fallback=demo_fallback)
-    return settings
+    return load_settings(config, Registry.default(), demo_fallback=demo_fallback)
 
 
 def _logger(level: str) -> Any:
@@ -114,8 +118,8 @@ def up(config: ConfigOption = None, log_level: LogLevel = "info") -> None:
     """
     from switchboard.processes import run_up
 
-    settings = _load(config, demo_fallback=True)
-    asyncio.run(run_up(settings, _logger(log_level)))
+    settings, path = _load_with_path(config, demo_fallback=True)
+    asyncio.run(run_up(settings, _logger(log_level), config_path=path))
 
 
 @connector_app.command("run")
@@ -138,8 +142,8 @@ def router_run(config: ConfigOption = None, log_level: LogLevel = "info") -> Non
     """Run the router; more processes share one consumer group."""
     from switchboard.processes import run_router
 
-    settings = _load(config)
-    asyncio.run(run_router(settings, _logger(log_level)))
+    settings, path = _load_with_path(config)
+    asyncio.run(run_router(settings, _logger(log_level), config_path=path))
 
 
 @app.command()

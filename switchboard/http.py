@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.config import HostPort
 from switchboard.supervision import Readiness
@@ -44,7 +45,25 @@ def build_app(
         Route("/metrics", metrics),
     ]
     routes += [Mount(f"/channels/{name}", app=app) for name, app in channels]
-    return Starlette(routes=routes)
+    roots = frozenset(f"/channels/{name}" for name, _ in channels)
+    return Starlette(routes=routes, middleware=[Middleware(_ChannelRoot, roots=roots)])
+
+
+class _ChannelRoot:
+    """Serves ``/channels/<name>`` itself, not a redirect to ``/channels/<name>/``.
+
+    Platforms post webhooks to exactly the URL an admin registered, and not all of them follow a
+    307 with the body; so the bare path is handed to the channel as its root.
+    """
+
+    def __init__(self, app: ASGIApp, roots: frozenset[str]) -> None:
+        self._app = app
+        self._roots = roots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] in self._roots:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": (scope["path"] + "/").encode()}
+        await self._app(scope, receive, send)
 
 
 def bind(address: HostPort) -> socket.socket:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -14,6 +15,7 @@ from models.topics import Topics
 from switchboard.host import ConnectorHost
 from switchboard.http import HttpServer, build_app
 from switchboard.runtime import Process, resolve_exactly_once, with_embedded_broker
+from switchboard.settings import ConfigFileRules
 
 __all__ = ["run_connector", "run_router", "run_up"]
 
@@ -51,7 +53,7 @@ def _host(
     process.add(host)
 
 
-def _router(process: Process) -> None:
+def _router(process: Process, config_path: Path | None) -> None:
     try:
         from router.pipeline import build_decider
         from router.service import RouterService
@@ -60,7 +62,13 @@ def _router(process: Process) -> None:
         process.readiness.component("router").failing(f"not installed: {error}")
         return
 
-    decider = build_decider(process.settings.router, lambda: datetime.now(UTC))
+    rules = ConfigFileRules(config_path) if config_path is not None else None
+    decider = build_decider(
+        process.settings.router,
+        lambda: datetime.now(UTC),
+        rules=rules,
+        logger=process.log.bind(component="rules"),
+    )
     process.add(
         RouterService(
             process.settings,
@@ -72,14 +80,14 @@ def _router(process: Process) -> None:
     )
 
 
-async def run_up(settings: Settings, logger: Logger) -> None:
+async def run_up(settings: Settings, logger: Logger, *, config_path: Path | None = None) -> None:
     settings, broker = await with_embedded_broker(settings, logger)
     try:
         await _create_topics(settings, logger)
         exactly_once = await resolve_exactly_once(settings.kafka, logger)
         process = Process(settings, logger)
         _host(process, settings.channels, Registry.default(), exactly_once)
-        _router(process)
+        _router(process, config_path)
 
         async def announce() -> None:
             logger.info(
@@ -105,13 +113,13 @@ async def run_connector(settings: Settings, channel: ChannelConfig, logger: Logg
     await process.run()
 
 
-async def run_router(settings: Settings, logger: Logger) -> None:
+async def run_router(settings: Settings, logger: Logger, *, config_path: Path | None = None) -> None:
     if not settings.kafka.bootstrap:
         raise_missing_bootstrap()
     await _create_topics(settings, logger)
     process = Process(settings, logger)
     process.add_http(process.http_server())
-    _router(process)
+    _router(process, config_path)
     await process.run()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 from connectors.registry import Registry
-from models.config import ConfigError, Settings, error_lines, interpolate_env
+from models.config import ConfigError, RuleConfig, Settings, error_lines, interpolate_env
 
-__all__ = ["DEMO_CONFIG", "find_config", "load_settings", "settings_from_mapping"]
+__all__ = ["DEMO_CONFIG", "ConfigFileRules", "find_config", "load_settings", "settings_from_mapping"]
 
 DEMO_CONFIG: dict[str, Any] = {
     "channels": [
@@ -94,3 +94,27 @@ def load_settings(
     else:
         data = _read_yaml(found)
     return settings_from_mapping(data, env, registry), found
+
+
+class ConfigFileRules:
+    """The routing rules of a config file, re-read when the file changes (no restart needed).
+
+    ``version()`` is the file's modification time and size, cheap enough to poll every few
+    seconds; ``load()`` validates the whole file as at start-up, so a broken edit is refused
+    with the same messages and the router keeps its previous rules.
+    """
+
+    def __init__(
+        self, path: Path, registry: Registry | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.path = path
+        self._registry = registry or Registry.default()
+        self._env = env
+
+    def version(self) -> object:
+        stat = self.path.stat()
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def load(self) -> Sequence[RuleConfig]:
+        settings, _ = load_settings(self.path, self._registry, self._env)
+        return settings.router.rules

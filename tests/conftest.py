@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.admin import ensure_topics
 from bus.options import client_options
 from models.config import DEFAULT_DEPARTMENTS, KafkaConfig
 from models.topics import Topics
-
 
 
 def _reachable(address: str) -> bool:
@@ -44,14 +45,35 @@ def kafka_bootstrap() -> str:
 
 
 @pytest.fixture
-def kafka_config(kafka_bootstrap: str) -> KafkaConfig:
-    """A config with a prefix of its own: topics created by this test are this test's alone."""
-    return KafkaConfig(
+def kafka_config(kafka_bootstrap: str) -> Iterator[KafkaConfig]:
+    """A config with a prefix of its own: topics created by this test are this test's alone.
+
+    The topics are deleted afterwards: a whole suite would otherwise leave thousands of
+    partitions behind, and the broker would run out of file handles.
+    """
+    config = KafkaConfig(
         bootstrap=kafka_bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}",
         partitions=3,
         publish_timeout_s=5.0,
     )
+    yield config
+    worker = threading.Thread(target=asyncio.run, args=(_delete_topics(config),), daemon=True)
+    worker.start()
+    worker.join(timeout=15)
+
+
+async def _delete_topics(config: KafkaConfig) -> None:
+    admin = AIOKafkaAdminClient(**client_options(config))
+    try:
+        await admin.start()
+        mine = [t for t in await admin.list_topics() if t.startswith(f"{config.topic_prefix}.")]
+        if mine:
+            await admin.delete_topics(mine, timeout_ms=10_000)
+    except Exception:  # best effort: a test that stopped the broker leaves its topics behind
+        pass
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

@@ -90,6 +90,8 @@ start() {
     java_run "$data" kafka.tools.StorageTool format --ignore-formatted \
       -t "$(java_run "$data" kafka.tools.StorageTool random-uuid)" -c "$data/server.properties" >/dev/null
   fi
+  # Every partition keeps a few files open; test suites create thousands of partitions.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j.configuration="file:$data/log4j.properties" -cp "$lib/*" \
     kafka.Kafka "$data/server.properties" >"$data/stdout.log" 2>&1 &

@@ -1,0 +1,602 @@
+"""Consume → transform → produce, with every input record's effects committed once.
+
+:class:`TransactionalLoop` reads one topic in a consumer group, hands each batch to a
+:class:`Processor` and commits what it returned together with the input offsets:
+
+- **Exactly once** (brokers with transactions): every input partition has its own transactional
+  producer, ``transactional.id = "<group>.<topic>.<partition>"``. The outputs of a partition's
+  records and its next offset are committed in one transaction, so either all of them become
+  visible to ``read_committed`` readers or none do. aiokafka (0.14) commits offsets with
+  ``TxnOffsetCommit`` v0, which carries no group generation, so the broker cannot fence a stale
+  member through the group (KIP-447). The per-partition transactional id does it instead: a new
+  owner's ``InitProducerId`` fences the previous owner and completes or aborts its open
+  transaction, and only then does the new owner read the committed offset and restore state.
+- **At least once** (no transactions, e.g. the embedded Tansu broker): one plain producer; the
+  outputs are produced and acknowledged (acks=all) before the offsets are committed. A crash in
+  between repeats records, never loses them.
+
+Rebalances: a revoked partition's batch in hand is committed before the revoke callback returns.
+A partition is handed to the processor only after :meth:`Processor.assigned` has run for it
+(state restore) and the consumer was positioned at its committed offset. A failed commit (broker
+trouble, fencing, timeout) re-initializes just that partition the same way: new producer,
+committed offset, fresh state, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from bus.consumer import consumer_options
+from bus.headers import Headers
+from bus.producer import producer_options, supports_transactions
+from models.config import KafkaConfig
+
+__all__ = [
+    "LoopTuning",
+    "Output",
+    "Processor",
+    "Record",
+    "TransactionalLoop",
+    "resolve_exactly_once",
+]
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+_PARTITIONER = DefaultPartitioner()
+# Batches are built here, a partition's records at a time: room for many records per request.
+_BATCH_BYTES = 512 * 1024
+Logger = structlog.typing.FilteringBoundLogger
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce, committed in the transaction of input partition *source*."""
+
+    source: TopicPartition
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    partition: int | None = None
+    tag: str | None = None
+    """What the output stands for, handed back to :meth:`Processor.committed` for accounting."""
+
+
+class Processor(Protocol):
+    """What the loop drives. All methods run on the loop's task, never concurrently."""
+
+    async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """*partitions* are ours from their committed offset on: restore their state.
+
+        Runs before any record of them is handed to :meth:`process`.
+        """
+
+    def released(self, partitions: Collection[TopicPartition]) -> None:
+        """*partitions* are no longer ours (or will be re-initialized): forget their state."""
+
+    async def process(self, records: Sequence[Record]) -> Sequence[Output]:
+        """The outputs of *records* (in order per partition). Must not raise for a bad record."""
+
+    def committed(self, outputs: Sequence[Output], seconds: float) -> None:
+        """*outputs* are committed (durable, visible); *seconds* since their batch was fetched."""
+
+
+class Health(Protocol):
+    def ok(self) -> None: ...
+
+    def failing(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTuning:
+    """Knobs with production defaults; tests shorten the group timings."""
+
+    max_records: int = 500
+    fetch_timeout_ms: int = 100
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    transaction_timeout_ms: int = 30_000
+    commit_timeout_s: float = 30.0
+    retry_backoff_s: float = 1.0
+
+
+async def resolve_exactly_once(config: KafkaConfig, logger: Logger) -> bool:
+    """``kafka.delivery``: ``auto`` is exactly once where the broker grants transactions."""
+    if config.delivery == "at_least_once":
+        return False
+    supported = await supports_transactions(config)
+    if config.delivery == "exactly_once" and not supported:
+        raise RuntimeError("kafka.delivery is exactly_once but the broker does not support transactions")
+    if not supported:
+        logger.warning(
+            "the broker has no transactions: delivery is at least once (duplicates keep their message_id)"
+        )
+    return supported
+
+
+@dataclass(slots=True)
+class _PartitionWork:
+    outputs: list[Output]
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A batch being committed: its task returns the partitions that failed."""
+
+    task: asyncio.Task[dict[TopicPartition, BaseException]]
+    work: dict[TopicPartition, _PartitionWork]
+    started: float
+
+
+class _Delivery(Protocol):
+    async def start(self) -> None: ...
+
+    async def open(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    async def close(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
+    ) -> dict[TopicPartition, BaseException]: ...
+
+    async def stop(self) -> None: ...
+
+
+async def _send_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
+    """Produce *outputs* in order per partition and wait until the broker has them all.
+
+    Records are grouped into one batch per (topic, partition) through aiokafka's batch API,
+    which costs a third of ``send()`` per record; keys pick the partition with Kafka's default
+    partitioner (murmur2, as the Java client does), so a conversation keeps its partition.
+    """
+    groups: dict[tuple[str, int], list[Output]] = {}
+    partitions: dict[str, list[int]] = {}
+    for output in outputs:
+        partition = output.partition
+        if partition is None:
+            known = partitions.get(output.topic)
+            if known is None:
+                known = partitions[output.topic] = sorted(await producer.partitions_for(output.topic))
+            partition = _PARTITIONER(output.key, known, known)
+        groups.setdefault((output.topic, partition), []).append(output)
+    futures = []
+    for (topic, partition), items in groups.items():
+        batch = producer.create_batch()
+        for output in items:
+            if (
+                batch.append(key=output.key, value=output.value, timestamp=None, headers=output.headers)
+                is None
+            ):
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()  # an empty batch always takes its first record
+                batch.append(key=output.key, value=output.value, timestamp=None, headers=output.headers)
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout: float, log: Logger) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=timeout)
+    except Exception as error:  # a broken producer is replaced either way
+        log.warning("producer did not stop cleanly", error=repr(error))
+
+
+class _ExactlyOnce:
+    """One transactional producer per input partition (fencing by transactional id)."""
+
+    def __init__(self, config: KafkaConfig, group_id: str, tuning: LoopTuning, log: Logger) -> None:
+        self._config = config
+        self._group_id = group_id
+        self._tuning = tuning
+        self._log = log
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+
+    async def start(self) -> None:
+        return None  # producers are opened per partition on assignment
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        return f"{self._group_id}.{tp.topic}.{tp.partition}"
+
+    async def _open_one(self, tp: TopicPartition) -> None:
+        producer = AIOKafkaProducer(
+            **producer_options(self._config, idempotent=True),
+            max_batch_size=_BATCH_BYTES,
+            transactional_id=self.transactional_id(tp),
+            transaction_timeout_ms=self._tuning.transaction_timeout_ms,
+        )
+        try:
+            # start() runs InitProducerId: fences any previous owner and waits until its open
+            # transaction is completed or aborted.
+            await asyncio.wait_for(producer.start(), timeout=self._tuning.commit_timeout_s)
+        except BaseException:
+            await _stop_quietly(producer, 5.0, self._log)
+            raise
+        self._producers[tp] = producer
+
+    async def open(self, partitions: Sequence[TopicPartition]) -> None:
+        await self.close(partitions)
+        results = await asyncio.gather(*(self._open_one(tp) for tp in partitions), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def close(self, partitions: Iterable[TopicPartition]) -> None:
+        producers = [p for p in (self._producers.pop(tp, None) for tp in partitions) if p is not None]
+        await asyncio.gather(*(_stop_quietly(p, 5.0, self._log) for p in producers))
+
+    async def _commit_one(self, tp: TopicPartition, work: _PartitionWork) -> None:
+        producer = self._producers[tp]
+        await producer.begin_transaction()
+        async with asyncio.timeout(self._tuning.commit_timeout_s):
+            try:
+                await _send_all(producer, work.outputs)
+                await producer.send_offsets_to_transaction({tp: work.next_offset}, self._group_id)
+            except BaseException:
+                # Best effort: whatever happens, the partition is re-initialized, and the next
+                # InitProducerId aborts anything left open.
+                try:
+                    await asyncio.wait_for(producer.abort_transaction(), timeout=5.0)
+                except Exception as error:
+                    self._log.debug("abort failed", partition=tp.partition, error=repr(error))
+                raise
+            await producer.commit_transaction()
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
+    ) -> dict[TopicPartition, BaseException]:
+        partitions = list(work)
+        results = await asyncio.gather(
+            *(self._commit_one(tp, work[tp]) for tp in partitions), return_exceptions=True
+        )
+        return {tp: r for tp, r in zip(partitions, results, strict=True) if isinstance(r, BaseException)}
+
+    async def stop(self) -> None:
+        await self.close(list(self._producers))
+
+
+class _AtLeastOnce:
+    """One plain producer: produce, wait for acks=all, then commit the consumer offsets."""
+
+    def __init__(self, config: KafkaConfig, tuning: LoopTuning) -> None:
+        self._producer = AIOKafkaProducer(
+            **producer_options(config, idempotent=False), max_batch_size=_BATCH_BYTES
+        )
+        self._tuning = tuning
+
+    async def start(self) -> None:
+        await asyncio.wait_for(self._producer.start(), timeout=self._tuning.commit_timeout_s)
+
+    async def open(self, partitions: Sequence[TopicPartition]) -> None:
+        return None
+
+    async def close(self, partitions: Iterable[TopicPartition]) -> None:
+        return None
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
+    ) -> dict[TopicPartition, BaseException]:
+        try:
+            async with asyncio.timeout(self._tuning.commit_timeout_s):
+                await _send_all(self._producer, [o for w in work.values() for o in w.outputs])
+                await consumer.commit({tp: w.next_offset for tp, w in work.items()})
+        except Exception as error:
+            return dict.fromkeys(work, error)
+        return {}
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: TransactionalLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._loop._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._loop._on_assigned(assigned)
+
+
+class TransactionalLoop:
+    """Consume *topic* in group *group_id*, process batches, commit outputs with offsets.
+
+    ``start()`` joins the group and runs in the background; ``stop()`` lets the batch in hand
+    commit, leaves the group and closes the producers. Idempotent.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        topic: str,
+        group_id: str,
+        processor: Processor,
+        exactly_once: bool,
+        logger: Logger,
+        health: Health | None = None,
+        tuning: LoopTuning = LoopTuning(),
+    ) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self.exactly_once = exactly_once
+        self._config = config
+        self._processor = processor
+        self._log = logger
+        self._health = health
+        self._tuning = tuning
+        self._consumer: AIOKafkaConsumer | None = None
+        self._delivery: _Delivery = (
+            _ExactlyOnce(config, group_id, tuning, logger) if exactly_once else _AtLeastOnce(config, tuning)
+        )
+        # Partitions handed to the processor; each became ready right after a seek to _next.
+        self._ready: set[TopicPartition] = set()
+        # Assigned partitions still to initialize (producer, committed offset, state).
+        self._pending: set[TopicPartition] = set()
+        # Revoked partitions whose producer and state are kept in case they come back.
+        self._retained: set[TopicPartition] = set()
+        # The offset after the last record whose effects are committed, per partition.
+        self._next: dict[TopicPartition, int] = {}
+        self._flight: _Flight | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._healthy: bool | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Join the group and consume in the background until :meth:`stop`."""
+        await self._delivery.start()
+        try:
+            self._consumer = await self._subscribe()
+        except BaseException:
+            await self._delivery.stop()
+            raise
+        self._task = asyncio.create_task(self._run(self._consumer), name=f"loop:{self.group_id}")
+
+    async def _subscribe(self) -> AIOKafkaConsumer:
+        options: dict[str, Any] = {
+            **consumer_options(self._config, self.group_id, read_committed=True),
+            "session_timeout_ms": self._tuning.session_timeout_ms,
+            "heartbeat_interval_ms": self._tuning.heartbeat_interval_ms,
+            "max_poll_records": self._tuning.max_records,
+        }
+        consumer = AIOKafkaConsumer(**options)
+        await consumer.start()
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        return consumer
+
+    async def stop(self) -> None:
+        """Commit the batch in hand, leave the group, close producers. Safe to call twice."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    def lag(self) -> dict[int, int]:
+        """Records not yet committed per owned partition, from the last fetch (no request)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = {}
+        for tp in self._ready:
+            end = consumer.last_stable_offset(tp)
+            if end is not None and tp in self._next:
+                lags[tp.partition] = max(0, end - self._next[tp])
+        return lags
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The lock and the landing let the batches in hand commit before the partitions move.
+        async with self._lock:
+            if self._consumer is not None:
+                await self._land(self._consumer)
+            self._retained |= self._ready
+            self._ready.clear()
+            self._pending.clear()
+        self._log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        kept = self._retained & assigned
+        gone = self._retained - assigned
+        fresh = assigned - kept
+        self._retained = set()
+        for tp in kept:
+            # Our own last commit may not be readable yet from the group coordinator; we know it.
+            consumer.seek(tp, self._next[tp])
+        self._ready |= kept
+        if fresh:
+            consumer.pause(*fresh)
+            self._pending |= fresh
+        if gone:
+            self._forget(gone)
+            await self._delivery.close(gone)
+        self._log.info(
+            "partitions assigned",
+            kept=sorted(tp.partition for tp in kept),
+            new=sorted(tp.partition for tp in fresh),
+        )
+
+    def _forget(self, partitions: Collection[TopicPartition]) -> None:
+        for tp in partitions:
+            self._next.pop(tp, None)
+        self._processor.released(partitions)
+
+    async def _open_pending(self, consumer: AIOKafkaConsumer) -> None:
+        """Initialize assigned partitions: fence the previous owner, seek, restore state."""
+        partitions = sorted(self._pending)
+        await self._delivery.open(partitions)
+        committed = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
+        missing = [tp for tp, offset in zip(partitions, committed, strict=True) if offset is None]
+        beginnings = await consumer.beginning_offsets(missing) if missing else {}
+        for tp, offset in zip(partitions, committed, strict=True):
+            start = beginnings[tp] if offset is None else offset
+            consumer.seek(tp, start)
+            self._next[tp] = start
+        await self._processor.assigned(partitions)
+        consumer.resume(*partitions)
+        self._pending.difference_update(partitions)
+        self._ready.update(partitions)
+        self._log.info("partitions ready", partitions=[tp.partition for tp in partitions])
+
+    def _reinitialize(self, consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> None:
+        """Treat *partitions* as newly assigned: their uncommitted work is redone from scratch."""
+        partitions = [tp for tp in partitions if tp in self._ready or tp in self._pending]
+        if not partitions:
+            return
+        self._ready.difference_update(partitions)
+        self._pending.update(partitions)
+        consumer.pause(*partitions)
+        self._processor.released(partitions)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=self._tuning.fetch_timeout_ms, max_records=self._tuning.max_records
+                )
+                async with self._lock:
+                    failure = await self._step(consumer, batches)
+                self._report(failure)
+                if failure is not None:
+                    await self._pause(self._tuning.retry_backoff_s)
+            async with self._lock:
+                await self._land(consumer)  # the last batch in flight
+        except Exception as error:
+            self._report(f"loop crashed: {error!r}")
+            raise
+        finally:
+            await self._shutdown(consumer)
+
+    async def _step(
+        self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[Record]]
+    ) -> str | None:
+        """Process a batch while the previous one commits, then send it off. Returns a failure.
+
+        One batch is in flight at most: its commit overlaps the processing of the next, and it
+        lands (offsets advance, failed partitions are re-initialized) before the next is sent.
+        """
+        failure = None
+        if self._pending:
+            failure = await self._land(consumer)
+            try:
+                await self._open_pending(consumer)
+            except (KafkaError, OSError, TimeoutError) as error:
+                self._log.warning("partition initialization failed; retrying", error=repr(error))
+                return f"cannot initialize partitions: {error!r}"
+        records = self._accepted(batches)
+        if not records:
+            return await self._land(consumer) or failure
+        started = time.perf_counter()
+        try:
+            outputs = await self._processor.process(records)
+        except Exception as error:  # a processor bug: redo the batch later rather than die
+            await self._land(consumer)
+            self._log.error("batch processing failed; retrying", exc_info=error)
+            self._reinitialize(consumer, {TopicPartition(r.topic, r.partition) for r in records})
+            return f"batch processing failed: {error!r}"
+        failure = await self._land(consumer) or failure
+        work = self._work(records, outputs)  # without partitions the landing re-initialized
+        if work:
+            task = asyncio.create_task(self._delivery.deliver(consumer, work))
+            self._flight = _Flight(task, work, started)
+            if __import__("os").environ.get("NOPIPE"):
+                failure = await self._land(consumer) or failure
+        return failure
+
+    def _accepted(self, batches: Mapping[TopicPartition, list[Record]]) -> list[Record]:
+        """Records of ready partitions at or after the committed position, in fetch order."""
+        records: list[Record] = []
+        for tp, batch in batches.items():
+            if tp not in self._ready:
+                continue  # repositioned by a seek before it becomes ready again
+            start = self._next[tp]
+            records.extend(r for r in batch if r.offset >= start)
+        return records
+
+    def _work(
+        self, records: Sequence[Record], outputs: Sequence[Output]
+    ) -> dict[TopicPartition, _PartitionWork]:
+        """Outputs and next offset per input partition, for the partitions still ready."""
+        work: dict[TopicPartition, _PartitionWork] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in self._ready:
+                entry = work.get(tp)
+                if entry is None:
+                    work[tp] = _PartitionWork([], record.offset + 1)
+                else:
+                    entry.next_offset = record.offset + 1
+        for output in outputs:
+            entry = work.get(output.source)
+            if entry is not None:
+                entry.outputs.append(output)
+        return work
+
+    async def _land(self, consumer: AIOKafkaConsumer) -> str | None:
+        """Wait for the batch in flight; advance committed partitions, re-initialize failed ones."""
+        flight, self._flight = self._flight, None
+        if flight is None:
+            return None
+        try:
+            failed = await flight.task
+        except Exception as crash:
+            failed = dict.fromkeys(flight.work, crash)
+        done = [tp for tp in flight.work if tp not in failed]
+        for tp in done:
+            self._next[tp] = flight.work[tp].next_offset
+        if done:
+            outputs = [output for tp in done for output in flight.work[tp].outputs]
+            self._processor.committed(outputs, time.perf_counter() - flight.started)
+        if not failed:
+            return None
+        for tp, reason in failed.items():
+            self._log.warning(
+                "commit failed; partition is re-initialized", partition=tp.partition, error=repr(reason)
+            )
+        await self._delivery.close(failed)
+        self._reinitialize(consumer, failed)
+        first = next(iter(failed.values()))
+        return f"commit failed on {len(failed)} partition(s): {first!r}"
+
+    def _report(self, failure: str | None) -> None:
+        healthy = failure is None
+        if self._health is None or healthy == self._healthy:
+            return
+        self._healthy = healthy
+        if failure is None:
+            self._health.ok()
+        else:
+            self._health.failing(failure)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        started = time.monotonic()
+        try:
+            await consumer.stop()  # leaves the group: the partitions move at once
+        finally:
+            self._ready.clear()
+            self._pending.clear()
+            self._retained.clear()
+            await self._delivery.stop()
+            self._log.info("router loop stopped", seconds=round(time.monotonic() - started, 3))
