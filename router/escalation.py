@@ -1,0 +1,285 @@
+"""Escalation and priority: which customers a supervisor should see, and how soon.
+
+Two signals, both explainable in ``routing.reasons``:
+
+* **Cues**: phrases that name why a message is serious — a demand for a supervisor, a threat to
+  leave, a legal or regulator threat, an accusation of fraud, anger, distress — in each
+  first-class language, in native script and romanized. They are matched on the normalized text
+  (see :func:`router.features.normalize`), so case, accents of punctuation and digits do not matter.
+* **The escalation model**: a two-class linear model over the same features, trained on the
+  corpus's ``escalate`` labels; it catches anger the cue lists do not spell out.
+
+A conversation that comes back while the last routed message was still unresolved (escalated
+or sent to triage) is escalated too: that customer is writing again about the same problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from models.messages import Priority
+
+__all__ = ["CUES", "CueMatcher", "Verdict", "judge"]
+
+# Cue kinds → phrases. A trailing "*" makes a phrase a prefix (it may run into a longer word).
+CUES: Mapping[str, tuple[str, ...]] = {
+    "supervisor": (
+        "supervisor",
+        "manager",
+        "your boss",
+        "someone senior",
+        "senior person",
+        "escalate*",
+        "higher authority",
+        "superior",
+        "jefe",
+        "gerente",
+        "encargado",
+        "responsable",
+        "manager se baat",
+        "senior se baat",
+        "मैनेजर",
+        "सुपरवाइजर",
+        "वरिष्ठ अधिकारी",
+        "सीनियर",
+        "ম্যানেজার",
+        "সুপারভাইজার",
+        "উর্ধ্বতন",
+        "বড় কর্মকর্তা",
+        "boro kormokorta",
+        "மேலாளர்",
+        "மேனேஜர்",
+        "உயர் அதிகாரி",
+        "மேலதிகாரி",
+        "melathikari",
+        "superbisor",
+        "amo ninyo",
+        "nakatataas",
+    ),
+    "leaving": (
+        "cancel my account",
+        "close my account",
+        "never order again",
+        "never buy*",
+        "never shop*",
+        "last time i",
+        "switching to",
+        "taking my business",
+        "lost a customer",
+        "done with you*",
+        "nunca más",
+        "nunca mas",
+        "me cambio a",
+        "cancelar mi cuenta",
+        "última vez",
+        "ultima vez",
+        "kabhi nahi",
+        "dobara nahi",
+        "कभी नहीं",
+        "दोबारा नहीं",
+        "আর কখনো",
+        "ar kokhono",
+        "ar kinbo na",
+        "இனி ஒருபோதும்",
+        "ini oru podhum",
+        "ini vaanga maaten",
+        "hindi na ako bibili",
+        "hindi na ulit",
+        "lilipat na ako",
+    ),
+    "legal": (
+        "lawyer",
+        "attorney",
+        "legal action",
+        "sue you",
+        "court",
+        "consumer forum",
+        "consumer court",
+        "ombudsman",
+        "chargeback",
+        "report you",
+        "regulator",
+        "trading standards",
+        "abogado",
+        "demanda*",
+        "denuncia*",
+        "profeco",
+        "tribunal",
+        "वकील",
+        "कोर्ट",
+        "उपभोक्ता फोरम",
+        "consumer forum",
+        "উকিল",
+        "আদালত",
+        "ভোক্তা অধিকার",
+        "vokta odhikar",
+        "நீதிமன்ற*",
+        "வழக்கு",
+        "நுகர்வோர் நீதிமன்ற*",
+        "abogado",
+        "demanda",
+        "ireklamo sa dti",
+        "dti",
+    ),
+    "fraud": (
+        "fraud*",
+        "scam*",
+        "cheat*",
+        "stole",
+        "stolen my money",
+        "estafa*",
+        "robo",
+        "fraude",
+        "धोखा*",
+        "फ्रॉड",
+        "dhokha*",
+        "प्रतारणा",
+        "প্রতারণা",
+        "প্রতারক",
+        "protarona",
+        "ஏமாற்*",
+        "மோசடி",
+        "emaat*",
+        "modasadi",
+        "manloloko",
+        "scammer",
+        "niloko",
+    ),
+    "anger": (
+        "worst",
+        "ridiculous",
+        "pathetic",
+        "disgusting",
+        "unacceptable",
+        "outrageous",
+        "furious",
+        "angry",
+        "fed up",
+        "sick of",
+        "useless",
+        "incompetent",
+        "shameful",
+        "terrible service",
+        "pésimo",
+        "pesimo",
+        "vergüenza",
+        "verguenza",
+        "harto",
+        "inaceptable",
+        "indignante",
+        "bakwas",
+        "bekar",
+        "ghatiya",
+        "बकवास",
+        "घटिया",
+        "बेकार",
+        "शर्म",
+        "বাজে",
+        "জঘন্য",
+        "ফালতু",
+        "faltu",
+        "jaghanya",
+        "மோசம்",
+        "கேவலம்",
+        "கோபம்",
+        "mosamaana",
+        "kevalam",
+        "nakakainis",
+        "nakakagalit",
+        "walang kwenta",
+        "bwisit",
+        "grabe kayo",
+    ),
+    "distress": (
+        "urgent*",
+        "emergency",
+        "desperate",
+        "please help",
+        "medical",
+        "hospital",
+        "urgente",
+        "emergencia",
+        "ayuda por favor",
+        "जल्दी",
+        "तुरंत",
+        "इमरजेंसी",
+        "জরুরি",
+        "jaruri",
+        "অবিলম্বে",
+        "அவசரம்",
+        "avasaram",
+        "madalian",
+        "emergency po",
+    ),
+}
+
+# Kinds that escalate on their own, and those that also make the message urgent.
+ESCALATING = frozenset({"supervisor", "leaving", "legal", "fraud"})
+URGENT = frozenset({"legal", "fraud"})
+
+MODEL_THRESHOLD = 0.5
+
+
+def _cue_pattern(phrase: str) -> str:
+    body = re.escape(phrase.rstrip("*").casefold())
+    return body if phrase.endswith("*") else rf"{body}(?= )"
+
+
+class CueMatcher:
+    """Finds cue kinds in normalized text with one regular-expression pass per message."""
+
+    def __init__(self, cues: Mapping[str, Sequence[str]] = CUES) -> None:
+        self._kind_of: dict[str, str] = {}
+        patterns = []
+        for kind, phrases in cues.items():
+            for phrase in phrases:
+                key = phrase.rstrip("*").casefold()
+                self._kind_of.setdefault(key, kind)
+                patterns.append(_cue_pattern(phrase))
+        patterns.sort(key=len, reverse=True)
+        # Each match starts at a space (consumed) and ends before one (not consumed), so the
+        # engine only tries the alternatives at word starts and adjacent cues are all found.
+        self._pattern = re.compile(" (" + "|".join(patterns) + ")")
+
+    def kinds(self, normalized: str) -> frozenset[str]:
+        """The cue kinds present in *normalized* text (already lower-cased, single-spaced)."""
+        found = self._pattern.findall(f" {normalized} ")
+        return frozenset(self._kind_of[m] for m in found if m in self._kind_of)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    escalate: bool
+    priority: Priority
+    reasons: tuple[str, ...]
+
+
+def judge(
+    *,
+    cues: frozenset[str],
+    model_probability: float,
+    repeat_unresolved: bool,
+    department: str,
+) -> Verdict:
+    """Escalation and priority from the message's signals, with one reason per signal used.
+
+    urgent: a legal or fraud threat, or an escalated customer writing again about an unresolved
+    issue; high: any other escalation, or a complaint; normal otherwise. (Auto-replies get low
+    before they reach this step.)
+    """
+    reasons = [f"cue:{kind}" for kind in sorted(cues)]
+    escalating = bool(cues & ESCALATING)
+    if model_probability >= MODEL_THRESHOLD:
+        reasons.append(f"escalation-model:{model_probability:.2f}")
+    if repeat_unresolved:
+        reasons.append("conversation:repeat-unresolved")
+    escalate = escalating or model_probability >= MODEL_THRESHOLD or repeat_unresolved
+    if cues & URGENT or (repeat_unresolved and (escalating or model_probability >= MODEL_THRESHOLD)):
+        priority: Priority = "urgent"
+    elif escalate or department == "complaints":
+        priority = "high"
+    else:
+        priority = "normal"
+    return Verdict(escalate, priority, tuple(reasons) if escalate or priority != "normal" else ())

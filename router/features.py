@@ -1,0 +1,232 @@
+"""Hashed character and word n-gram features, computed for a whole batch at once.
+
+Every model in the router (department, language, escalation) reads text through this one
+featurizer, so training, evaluation, ``classify`` and the routing service see the same features
+for the same (subject, text).
+
+Why hashing, and why numpy: the features must work for any script (Tamil, Bengali, Devanagari,
+Latin, romanized and code-mixed text) with no vocabulary to ship, and the router must featurize
+tens of thousands of messages per second on one core. A Python loop over n-grams manages a few
+thousand. Here the batch becomes one array of code points; a polynomial prefix hash gives the hash
+of any substring in O(1) array arithmetic (all modulo 2**64, where numpy's unsigned integers wrap),
+so every character n-gram and every word of every message is hashed by a handful of vector
+operations. Hashes are deterministic across processes and machines (no ``PYTHONHASHSEED``).
+
+A message's features are the buckets of its n-grams, each weighted ``1/sqrt(count of features)``
+so long emails and one-line chats land on the same scale.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+
+__all__ = ["FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
+
+_RADIX = np.uint64(0x100000001B3)  # odd, so it has an inverse modulo 2**64
+_RADIX_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
+_ORDER_SALT = np.uint64(0x9E3779B97F4A7C15)
+_WORD_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
+_BIGRAM_SALT = np.uint64(0x165667B19E3779F9)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_SEPARATOR = "\x00"
+
+# Punctuation separates words but carries no meaning for routing. Letters, digits and the
+# combining marks of Indic scripts (which str.isalnum() rejects) are kept.
+_PUNCTUATION = dict.fromkeys(
+    map(ord, string.punctuation + "¡¿«»“”‘’„‚…–—·•।॥،؛؟。、！？：；（）［］｛｝\x00"), " "
+)
+_FOLD = {**_PUNCTUATION, **dict.fromkeys(map(ord, "123456789"), "0")}
+
+
+def normalize(text: str) -> str:
+    """The form every model sees: NFKC, case-folded, digits as ``0``, punctuation as spaces.
+
+    Digits are folded so that order numbers generalise ("OD4471902356" and "OD1234567890"
+    share their n-grams); whitespace runs become one space.
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_FOLD)
+    return " ".join(folded.split())
+
+
+def model_input(subject: str, text: str) -> str:
+    """The one function of (subject, text) that train, eval, classify and the router feed to models."""
+    return f"{subject}\n{text}" if subject else text
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What a model was trained on; stored in the model file and checked when it is loaded."""
+
+    bits: int = 18
+    char_orders: tuple[int, ...] = (1, 2, 3, 4, 5)
+    words: bool = True
+    word_bigrams: bool = True
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.bits <= 24:
+            raise ValueError("bits must be between 8 and 24")
+        if not self.char_orders or min(self.char_orders) < 1 or max(self.char_orders) > 8:
+            raise ValueError("char_orders must be between 1 and 8")
+
+    @property
+    def dimensions(self) -> int:
+        return 1 << self.bits
+
+
+@dataclass(frozen=True)
+class Features:
+    """The hashed features of a batch: parallel arrays of (document, bucket, weight)."""
+
+    documents: npt.NDArray[np.int64]
+    buckets: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float32]
+    size: int
+    dimensions: int
+
+    @cached_property
+    def _rows(self) -> sparse.csr_matrix:
+        # Built directly from row pointers: a repeated n-gram stays two entries of the same
+        # column, which products sum anyway, and skipping scipy's canonicalisation halves the cost.
+        order = np.argsort(self.documents, kind="stable")
+        pointers = np.zeros(self.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.documents, minlength=self.size), out=pointers[1:])
+        return sparse.csr_matrix(
+            (self.weights[order], self.buckets[order], pointers), shape=(self.size, self.dimensions)
+        )
+
+    def matrix(self) -> sparse.csr_matrix:
+        """The batch as a sparse ``size x dimensions`` matrix, built once per batch.
+
+        Repeated n-grams may appear as separate entries of one column; use
+        :meth:`canonical_matrix` where a library needs them summed.
+        """
+        return self._rows
+
+    def canonical_matrix(self) -> sparse.csr_matrix:
+        """The same matrix with duplicates summed and indices sorted (for training)."""
+        matrix = self._rows.copy()
+        matrix.sum_duplicates()
+        return matrix
+
+
+def _mix(hashes: npt.NDArray[np.uint64], salt: np.uint64) -> npt.NDArray[np.uint64]:
+    """A 64-bit finaliser (splitmix64's), so nearby hashes spread over all buckets."""
+    h = hashes ^ salt
+    h ^= h >> np.uint64(30)
+    h *= _MIX_1
+    h ^= h >> np.uint64(27)
+    h *= _MIX_2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def _power_table(base: np.uint64, size: int) -> npt.NDArray[np.uint64]:
+    """``base**i mod 2**64`` for i in ``range(size)``, exactly, by repeated doubling of the table."""
+    powers = np.empty(size, dtype=np.uint64)
+    powers[0] = 1
+    filled = 1
+    with np.errstate(over="ignore"):
+        while filled < size:
+            end = min(2 * filled, size)
+            powers[filled:end] = powers[: end - filled] * (powers[filled - 1] * base)
+            filled = end
+    return powers
+
+
+@dataclass
+class Featurizer:
+    """Turns batches of model inputs into :class:`Features` according to a :class:`FeatureSpec`."""
+
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+    _powers: npt.NDArray[np.uint64] = field(init=False, repr=False)
+    _inverse_powers: npt.NDArray[np.uint64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._powers = np.ones(0, dtype=np.uint64)
+        self._inverse_powers = np.ones(0, dtype=np.uint64)
+        self._grow(4096)
+
+    def _grow(self, length: int) -> None:
+        """Extend the tables of RADIX**i and RADIX**-i (mod 2**64) to at least *length* entries."""
+        if len(self._powers) >= length:
+            return
+        size = max(length, 2 * len(self._powers))
+        self._powers = _power_table(_RADIX, size)
+        self._inverse_powers = _power_table(_RADIX_INVERSE, size)
+
+    def transform(self, texts: Sequence[str]) -> Features:
+        """Features of combined model inputs (see :func:`model_input`)."""
+        return self.transform_normalized([normalize(t) for t in texts])
+
+    def transform_normalized(self, texts: Sequence[str]) -> Features:
+        """Features of texts that already went through :func:`normalize`."""
+        dimensions = self.spec.dimensions
+        if not texts:
+            empty = np.zeros(0, dtype=np.int64)
+            return Features(empty, empty, np.zeros(0, dtype=np.float32), 0, dimensions)
+        # Each document is framed by spaces (word edges become n-grams) and separated from the
+        # next by a separator no n-gram may cross.
+        joined = _SEPARATOR.join(f" {t} " for t in texts)
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        length = len(codes)
+        self._grow(length + 1)
+        is_separator = codes == ord(_SEPARATOR)
+        document_of = np.cumsum(is_separator, dtype=np.int64)
+        with np.errstate(over="ignore"):
+            # prefix[i] = sum_{j<i} (code[j] + 1) * RADIX**j, so a substring [a, b) hashes to
+            # (prefix[b] - prefix[a]) * RADIX**-a: the same value wherever the substring sits.
+            prefix = np.zeros(length + 1, dtype=np.uint64)
+            np.cumsum((codes + np.uint64(1)) * self._powers[:length], out=prefix[1:])
+            documents: list[npt.NDArray[np.int64]] = []
+            hashes: list[npt.NDArray[np.uint64]] = []
+            for order in self.spec.char_orders:
+                if order > length:
+                    continue
+                starts = np.arange(length - order + 1)
+                ends = starts + order
+                valid = document_of[starts] == document_of[ends - 1]
+                valid &= ~is_separator[starts] & ~is_separator[ends - 1]
+                # A space alone, or an n-gram that starts and ends in one, says nothing.
+                valid &= ~((codes[starts] == 32) & (codes[ends - 1] == 32))
+                starts, ends = starts[valid], ends[valid]
+                substring = (prefix[ends] - prefix[starts]) * self._inverse_powers[starts]
+                hashes.append(_mix(substring, _ORDER_SALT * np.uint64(order)))
+                documents.append(document_of[starts])
+            if self.spec.words:
+                word_documents, word_hashes = self._words(codes, prefix, document_of)
+                documents.append(word_documents)
+                hashes.append(_mix(word_hashes, _WORD_SALT))
+                if self.spec.word_bigrams and len(word_hashes) > 1:
+                    same = word_documents[1:] == word_documents[:-1]
+                    pairs = word_hashes[:-1][same] * _RADIX + word_hashes[1:][same]
+                    documents.append(word_documents[1:][same])
+                    hashes.append(_mix(pairs, _BIGRAM_SALT))
+        all_documents = np.concatenate(documents)
+        buckets = (np.concatenate(hashes) >> np.uint64(64 - self.spec.bits)).astype(np.int64)
+        counts = np.bincount(all_documents, minlength=len(texts)).astype(np.float32)
+        weights = (1.0 / np.sqrt(np.maximum(counts, 1.0)))[all_documents]
+        return Features(all_documents, buckets, weights.astype(np.float32), len(texts), dimensions)
+
+    def _words(
+        self,
+        codes: npt.NDArray[np.uint64],
+        prefix: npt.NDArray[np.uint64],
+        document_of: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
+        """Hashes of every space-delimited word, in document order."""
+        blank = (codes == 32) | (codes == ord(_SEPARATOR))
+        # Documents are framed by spaces, so every word has a blank before and after it.
+        starts = np.flatnonzero(~blank[1:] & blank[:-1]) + 1
+        ends = np.flatnonzero(~blank[:-1] & blank[1:]) + 1
+        with np.errstate(over="ignore"):
+            word_hashes = (prefix[ends] - prefix[starts]) * self._inverse_powers[starts]
+        return document_of[starts], word_hashes

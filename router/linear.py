@@ -1,0 +1,183 @@
+"""Linear classifiers over hashed n-gram features, saved as plain numpy archives.
+
+One shape serves every model the router ships (department, language, escalation): a weight
+matrix ``dimensions x classes``, a bias per class and a softmax temperature fitted on held-out
+data so that ``confidence`` means what it says. Files are ``.npz`` archives read with
+``allow_pickle=False``: loading a model a user names never executes code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import InvalidInput
+from router.features import Features, FeatureSpec
+
+__all__ = ["FORMAT", "LinearModel", "ModelFileError", "fit_linear", "softmax"]
+
+FORMAT = "switchboard-linear/1"
+
+
+class ModelFileError(InvalidInput):
+    """A model file that is missing, unreadable or of another format; the message says which."""
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A trained linear classifier: ``softmax((X @ weights + bias) / temperature)``."""
+
+    name: str
+    classes: tuple[str, ...]
+    spec: FeatureSpec
+    weights: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
+    temperature: float = 1.0
+    info: dict[str, Any] | None = None
+
+    def scores(self, features: Features) -> npt.NDArray[np.float32]:
+        """Raw class scores, one row per message of the batch."""
+        if features.dimensions != self.spec.dimensions:
+            raise ValueError("features were hashed for another model")
+        result: npt.NDArray[np.float32] = np.asarray(features.matrix() @ self.weights) + self.bias
+        return result
+
+    def probabilities(self, features: Features) -> npt.NDArray[np.float32]:
+        """Calibrated class probabilities, one row per message (rows sum to 1)."""
+        return softmax(self.scores(features) / self.temperature)
+
+    def save(self, path: Path) -> None:
+        """Write the model as a compressed ``.npz``; the write is atomic (temp file + rename)."""
+        meta = {
+            "format": FORMAT,
+            "name": self.name,
+            "classes": list(self.classes),
+            "spec": asdict(self.spec),
+            "temperature": self.temperature,
+            "info": self.info or {},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        with temporary.open("wb") as handle:
+            np.savez_compressed(
+                handle,
+                meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8),
+                weights=self.weights.astype(np.float16),
+                bias=self.bias.astype(np.float32),
+            )
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LinearModel:
+        """Read a model written by :meth:`save`; raises :class:`ModelFileError` with the reason."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                meta = json.loads(archive["meta"].tobytes().decode())
+                weights = archive["weights"].astype(np.float32)
+                bias = archive["bias"].astype(np.float32)
+        except FileNotFoundError as error:
+            raise ModelFileError(f"{path}: no such model file") from error
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelFileError(f"{path}: not a Switchboard model ({error})") from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelFileError(f"{path}: not a {FORMAT} model file")
+        try:
+            spec = FeatureSpec(
+                bits=int(meta["spec"]["bits"]),
+                char_orders=tuple(int(n) for n in meta["spec"]["char_orders"]),
+                words=bool(meta["spec"]["words"]),
+                word_bigrams=bool(meta["spec"]["word_bigrams"]),
+            )
+            classes = tuple(str(c) for c in meta["classes"])
+            model = cls(
+                name=str(meta["name"]),
+                classes=classes,
+                spec=spec,
+                weights=weights,
+                bias=bias,
+                temperature=float(meta.get("temperature", 1.0)),
+                info=dict(meta.get("info") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: damaged model metadata ({error})") from error
+        if weights.shape != (spec.dimensions, len(classes)) or bias.shape != (len(classes),):
+            raise ModelFileError(f"{path}: weights do not match the model's classes and features")
+        return model
+
+
+def softmax(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: npt.NDArray[np.float32] = exp / exp.sum(axis=1, keepdims=True)
+    return result
+
+
+def _fit_temperature(scores: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> float:
+    """The softmax temperature that minimises the negative log-likelihood of held-out labels."""
+    best, best_loss = 1.0, math.inf
+    for temperature in np.exp(np.linspace(math.log(0.2), math.log(5.0), 60)):
+        probabilities = softmax(scores / temperature)
+        loss = -float(np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-9)))
+        if loss < best_loss:
+            best, best_loss = float(temperature), loss
+    return best
+
+
+def fit_linear(
+    name: str,
+    features: Features,
+    labels: Sequence[str],
+    *,
+    spec: FeatureSpec,
+    regularization: float = 20.0,
+    info: dict[str, Any] | None = None,
+) -> LinearModel:
+    """Train a multinomial logistic regression, with its temperature fitted by cross-fitting.
+
+    A fifth of the examples (every fifth one) is held out once to fit the temperature; the final
+    weights are then trained on every example.
+    """
+    from sklearn.linear_model import LogisticRegression  # training only: keeps classify's start-up fast
+
+    classes = tuple(sorted(set(labels)))
+    if len(classes) < 2:
+        raise ValueError("training needs examples of at least two classes")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[label] for label in labels], dtype=np.int64)
+    matrix = features.canonical_matrix()
+
+    def train(rows: npt.NDArray[np.int64]) -> Any:
+        estimator = LogisticRegression(C=regularization, max_iter=300, tol=1e-3)
+        return estimator.fit(matrix[rows], y[rows])
+
+    everything = np.arange(len(y))
+    held_out = everything % 5 == 4
+    temperature = 1.0
+    if held_out.sum() >= 20 and len(set(y[~held_out].tolist())) == len(classes):
+        estimator = train(everything[~held_out])
+        decision = estimator.decision_function(matrix[everything[held_out]]).astype(np.float32)
+        if decision.ndim == 1:  # two classes: one margin, the same softmax as the expanded weights
+            decision = np.stack([-decision / 2, decision / 2], axis=1)
+        temperature = _fit_temperature(decision, y[held_out])
+    estimator = train(everything)
+    coefficients = estimator.coef_
+    intercept = estimator.intercept_
+    if len(classes) == 2:  # sklearn keeps one row for two classes: expand to the softmax form
+        coefficients = np.vstack([-coefficients[0] / 2, coefficients[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    return LinearModel(
+        name=name,
+        classes=classes,
+        spec=spec,
+        weights=np.ascontiguousarray(coefficients.T, dtype=np.float32),
+        bias=intercept.astype(np.float32),
+        temperature=temperature,
+        info=info,
+    )

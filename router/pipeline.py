@@ -1,0 +1,301 @@
+"""The routing decision: a list of small pure steps over a batch of inbound messages.
+
+language → admin rules → department model → conversation affinity → auto-replies →
+escalation and priority. Each step adds its reason to ``routing.reasons``, so every decision can
+be explained from the record alone. Nothing here touches Kafka: the routing service hands in a
+batch with each message's conversation context and publishes the decisions.
+
+Batches are the unit of work because the featurizer and the linear models are vectorized:
+featurizing a thousand messages at once costs a fraction of a thousand single calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from models import InboundMessage, Routing
+from models.config import RouterConfig
+from models.messages import Priority
+from router.escalation import CueMatcher, judge
+from router.features import Features, FeatureSpec, Featurizer, model_input, normalize
+from router.language import LanguageGuess, LanguageIdentifier, general_identifier
+from router.linear import LinearModel, ModelFileError, softmax
+from router.rules import PRIORITY_ORDER, RuleBook, RuleSet, RuleSource, StaticRules
+
+__all__ = [
+    "ConversationContext",
+    "Decider",
+    "Decision",
+    "Pipeline",
+    "build_decider",
+    "packaged_model_path",
+]
+
+AUTO_SUBMITTED = frozenset({"auto-reply", "bounce", "list"})
+UNRESOLVED_HORIZON = timedelta(days=14)
+"""How long after the last routed message a return to an unresolved conversation still escalates."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationContext:
+    """What the router knows of the message's conversation before this message."""
+
+    department: str | None = None
+    messages_seen: int = 0
+    last_routed_at: datetime | None = None
+    unresolved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The routing of one message; ``drop`` means publish it nowhere (a configured auto-reply drop)."""
+
+    routing: Routing
+    drop: bool = False
+
+
+class Decider(Protocol):
+    """Decides a batch; one decision per message, in order. May raise for a message it cannot read."""
+
+    def decide_batch(
+        self, messages: Sequence[InboundMessage], context: Sequence[ConversationContext]
+    ) -> list[Decision]: ...
+
+
+def packaged_model_path(kind: str) -> Path:
+    """The path of a model shipped inside the package (``department``, ``language``, ``escalation``)."""
+    return Path(str(resources.files("router").joinpath("data", f"{kind}.npz")))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    department: str
+    confidence: float
+
+
+class Pipeline:
+    """The default :class:`Decider`: the steps of the module docstring, vectorized per batch."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        department_model: LinearModel,
+        language: LanguageIdentifier,
+        escalation_model: LinearModel,
+        rules: RuleBook,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.department_model = department_model
+        self.language = language
+        self.escalation_model = escalation_model
+        self.rules = rules
+        self._clock = clock
+        self._cues = CueMatcher()
+        configured = [c for c in department_model.classes if c in config.departments]
+        if not configured:
+            raise ModelFileError(
+                f"model {department_model.name!r} knows none of the configured departments "
+                f"({', '.join(config.departments)})"
+            )
+        # A model may know departments this desk does not have: only configured ones may win.
+        self._allowed = np.array([c in config.departments for c in department_model.classes])
+        self._fallback = "general" if "general" in config.departments else configured[0]
+        self._models = (language.model, department_model, escalation_model)
+        self._featurizers: dict[FeatureSpec, Featurizer] = {}
+        stacks: dict[FeatureSpec, list[int]] = {}
+        for index, model in enumerate(self._models):
+            stacks.setdefault(model.spec, []).append(index)
+            self._featurizers.setdefault(model.spec, Featurizer(model.spec))
+        self._stacks = {
+            spec: (
+                indexes,
+                np.ascontiguousarray(np.hstack([self._models[i].weights for i in indexes])),
+                np.concatenate([self._models[i].bias for i in indexes]),
+            )
+            for spec, indexes in stacks.items()
+        }
+
+    def _probabilities(self, texts: Sequence[str]) -> tuple[Features, list[npt.NDArray[np.float32]]]:
+        """Each model's class probabilities for the batch, in the order of ``self._models``.
+
+        Models that share a feature spec share one featurization and one sparse product: their
+        weights are stacked side by side, so the batch's features are read once, not per model.
+        """
+        outputs: list[npt.NDArray[np.float32]] = [np.empty(0, dtype=np.float32)] * len(self._models)
+        first: Features | None = None
+        for spec, (indexes, weights, bias) in self._stacks.items():
+            features = self._featurizers[spec].transform_normalized(texts)
+            first = first or features
+            scores = np.asarray(features.matrix() @ weights) + bias
+            column = 0
+            for index in indexes:
+                model = self._models[index]
+                width = len(model.classes)
+                outputs[index] = softmax(scores[:, column : column + width] / model.temperature)
+                column += width
+        assert first is not None
+        return first, outputs
+
+    def decide_batch(
+        self, messages: Sequence[InboundMessage], context: Sequence[ConversationContext]
+    ) -> list[Decision]:
+        if len(messages) != len(context):
+            raise ValueError("one conversation context per message is required")
+        if not messages:
+            return []
+        texts = [normalize(model_input(m.subject or "", m.text)) for m in messages]
+        _, (languages_p, departments, angry) = self._probabilities(texts)
+        languages = self.language.identify_with(texts, languages_p)
+        angry_column = self.escalation_model.classes.index("true")
+        rules = self.rules.current()
+        now = self._clock()
+        return [
+            self._decide(
+                message, ctx, text, language, departments[i], float(angry[i, angry_column]), rules, now
+            )
+            for i, (message, ctx, text, language) in enumerate(
+                zip(messages, context, texts, languages, strict=True)
+            )
+        ]
+
+    def _decide(
+        self,
+        message: InboundMessage,
+        context: ConversationContext,
+        text: str,
+        language: LanguageGuess,
+        probabilities: npt.NDArray[np.float32],
+        angry: float,
+        rules: RuleSet,
+        now: datetime,
+    ) -> Decision:
+        language = self._with_hint(message, language)
+        reasons = [f"language:{language.language}({language.method})"]
+        outcome = rules.apply(message, language.language)
+        reasons.extend(outcome.reasons)
+        auto = message.metadata.get("auto_submitted")
+        model_choice = self._model_choice(probabilities)
+        if outcome.department is not None:
+            choice = _Candidate(outcome.department, 1.0)
+        elif isinstance(auto, str) and auto in AUTO_SUBMITTED:
+            reasons.append(f"auto-submitted:{auto}")
+            choice = _Candidate(self._fallback, 1.0)
+            routing = self._routing(choice, language, False, "low", reasons, now)
+            return Decision(routing, drop=self.config.auto_replies == "drop" and auto != "list")
+        else:
+            reasons.append(f"model:top={model_choice.department}:{model_choice.confidence:.2f}")
+            choice = self._with_affinity(model_choice, probabilities, context, reasons)
+        repeat = (
+            context.unresolved
+            and context.messages_seen > 0
+            and context.last_routed_at is not None
+            and now - context.last_routed_at <= UNRESOLVED_HORIZON
+        )
+        verdict = judge(
+            cues=self._cues.kinds(text),
+            model_probability=angry,
+            repeat_unresolved=repeat,
+            department=choice.department,
+        )
+        reasons.extend(verdict.reasons)
+        escalate = verdict.escalate if outcome.escalate is None else outcome.escalate
+        priority = verdict.priority
+        if outcome.priority is not None and PRIORITY_ORDER.index(outcome.priority) > PRIORITY_ORDER.index(
+            priority
+        ):
+            priority = outcome.priority
+        return Decision(self._routing(choice, language, escalate, priority, reasons, now))
+
+    @staticmethod
+    def _with_hint(message: InboundMessage, guess: LanguageGuess) -> LanguageGuess:
+        """A platform's language hint (e.g. Telegram's ``language_code``) breaks an unsure guess."""
+        hint = message.metadata.get("language_hint")
+        if isinstance(hint, str) and hint and guess.method != "script" and guess.confidence < 0.5:
+            return LanguageGuess(hint.split("-")[0].lower(), guess.confidence, "hint")
+        return guess
+
+    def _model_choice(self, probabilities: npt.NDArray[np.float32]) -> _Candidate:
+        allowed = np.where(self._allowed, probabilities, -1.0)
+        best = int(allowed.argmax())
+        total = float(probabilities[self._allowed].sum()) or 1.0
+        return _Candidate(self.department_model.classes[best], float(probabilities[best]) / total)
+
+    def _with_affinity(
+        self,
+        choice: _Candidate,
+        probabilities: npt.NDArray[np.float32],
+        context: ConversationContext,
+        reasons: list[str],
+    ) -> _Candidate:
+        """Keep a follow-up with its conversation's department unless the model is sure it belongs elsewhere."""
+        previous = context.department
+        if previous is None or previous == choice.department or previous not in self.config.departments:
+            return choice
+        # "general" means "nothing more specific": it never pulls a conversation away.
+        if (
+            choice.department != self._fallback
+            and choice.confidence >= self.config.affinity_switch_confidence
+        ):
+            reasons.append(f"affinity:left={previous}")
+            return choice
+        reasons.append(f"affinity:{previous}")
+        classes = self.department_model.classes
+        own = float(probabilities[classes.index(previous)]) if previous in classes else 0.0
+        return _Candidate(previous, max(own, self.config.min_confidence))
+
+    def _routing(
+        self,
+        choice: _Candidate,
+        language: LanguageGuess,
+        escalate: bool,
+        priority: Priority,
+        reasons: list[str],
+        now: datetime,
+    ) -> Routing:
+        # Every field is built here from validated parts; skipping re-validation saves a third
+        # of the per-message cost at twenty thousand messages a second.
+        return Routing.model_construct(
+            department=choice.department,
+            confidence=round(min(max(choice.confidence, 0.0), 1.0), 4),
+            language=language.language,
+            escalate=escalate,
+            priority=priority,
+            reasons=tuple(reasons),
+            model=self.department_model.name,
+            routed_at=now,
+        )
+
+
+def load_department_model(config: RouterConfig) -> LinearModel:
+    """The configured department model, or the packaged default when ``router.model`` is null."""
+    return LinearModel.load(Path(config.model) if config.model else packaged_model_path("department"))
+
+
+def build_decider(
+    config: RouterConfig,
+    clock: Callable[[], datetime],
+    *,
+    rules: RuleSource | None = None,
+    logger: structlog.typing.FilteringBoundLogger | None = None,
+) -> Pipeline:
+    """The default pipeline for *config*; loads the models (raises :class:`ModelFileError`)."""
+    log = logger if logger is not None else structlog.get_logger("router")
+    return Pipeline(
+        config,
+        department_model=load_department_model(config),
+        language=LanguageIdentifier(LinearModel.load(packaged_model_path("language")), general_identifier()),
+        escalation_model=LinearModel.load(packaged_model_path("escalation")),
+        rules=RuleBook(rules if rules is not None else StaticRules(config.rules), log),
+        clock=clock,
+    )

@@ -1,0 +1,505 @@
+"""The routing service: ``sb.inbound`` → decisions → department queues, exactly once.
+
+Every input record gets an explicit destination, committed together with its input offset:
+
+- a valid :class:`models.InboundMessage` becomes one :class:`models.RoutedMessage` on
+  ``sb.dept.<department>``, or on ``sb.triage`` when ``routing.confidence`` is below
+  ``router.min_confidence``, plus a copy on ``sb.escalations`` when ``routing.escalate``;
+- an auto-reply the classifier says to drop (``router.auto_replies: drop``) is counted in
+  ``switchboard_router_dropped_total`` and logged: its configured destination is "dropped";
+- anything else (not JSON, not a valid record, a decision that names no configured department,
+  a classifier failure on that one message, a routed record too large) goes to ``sb.dlq`` with
+  its original key, bytes and headers plus ``sb-error``, ``sb-error-class``, ``sb-source-topic``,
+  ``sb-source-partition`` and ``sb-source-offset``; the stream goes on.
+
+Each decision also updates the conversation's affinity state in ``sb.conversations`` in the
+same transaction (see :mod:`router.affinity`). The Kafka mechanics (transactions, rebalances,
+fencing, at-least-once fallback) are :class:`bus.transactional.TransactionalLoop`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from bus.admin import ensure_topics, partitions_of
+from bus.changelog import changelog_partition, read_changelog
+from bus.headers import Headers, record_headers
+from bus.transactional import Health, LoopTuning, Output, Record, TransactionalLoop, resolve_exactly_once
+from models import ROUTED_SCHEMA, InboundMessage, Routing
+from models.config import Settings
+from models.topics import Topics
+from router.affinity import AffinityTable, ConversationState, Destination, advance
+from router.pipeline import ConversationContext, Decider, Decision
+
+__all__ = ["RouterMetrics", "RouterService", "RouterTuning", "group_id"]
+
+Logger = structlog.typing.FilteringBoundLogger
+
+CONVERSATION_SCHEMA = "conversation/1"
+# Room for the routing object on top of an inbound record that was cut to kafka.max_record_bytes.
+_ROUTING_ROOM = 16 * 1024
+_MAX_ERROR_CHARS = 1000
+
+
+def group_id(settings: Settings) -> str:
+    """The router's consumer group: ``<topic_prefix>.router``."""
+    return f"{settings.kafka.topic_prefix}.router"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterTuning:
+    """Knobs beyond the configuration file, with production defaults (tests shorten them)."""
+
+    loop: LoopTuning = field(default_factory=LoopTuning)
+    decide_in_thread: bool = True
+    """Run ``decide_batch`` in a worker thread so heartbeats and commits never wait on it."""
+    restore_timeout_s: float = 120.0
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics, registered in the process registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.routed = Counter(
+            "switchboard_router_routed_total",
+            "Records published to a department queue",
+            ["department"],
+            registry=registry,
+        )
+        self.triaged = Counter(
+            "switchboard_router_triaged_total",
+            "Records published to the triage queue, by best department",
+            ["department"],
+            registry=registry,
+        )
+        self.escalated = Counter(
+            "switchboard_router_escalated_total",
+            "Copies published to the escalations queue",
+            ["department"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "switchboard_router_dropped_total",
+            "Auto-replies dropped because router.auto_replies is drop",
+            registry=registry,
+        )
+        self.dlq = Counter(
+            "switchboard_router_dlq_total",
+            "Records sent to the dead-letter queue",
+            ["error_class"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "switchboard_router_batch_seconds",
+            "Time from handing a fetched batch to the router until its commit",
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.lag = Gauge(
+            "switchboard_router_consumer_lag",
+            "Records on the owned sb.inbound partitions not yet committed (as of the last fetch)",
+            registry=registry,
+        )
+        self.conversations = Gauge(
+            "switchboard_router_conversations",
+            "Conversation states held in memory for the owned partitions",
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: str
+    error_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    routing: Routing
+    destination: Destination
+    state: ConversationState | None = None  # the conversation's state after this message
+
+
+def _decode(record: Record) -> InboundMessage | _Failure:
+    if record.value is None:
+        return _Failure("the record has no value", "EmptyRecord")
+    try:
+        return InboundMessage.from_json_bytes(record.value)
+    except ValidationError as error:
+        return _Failure(str(error), "ValidationError")
+    except (ValueError, UnicodeDecodeError) as error:
+        return _Failure(str(error), type(error).__name__)
+
+
+_INBOUND_PREFIX = b'{"schema":"inbound/1",'
+_ROUTED_PREFIX = b'{"schema":"routed/1",'
+
+
+def _routed_json(message: InboundMessage, routing: Routing) -> bytes:
+    """The RoutedMessage JSON of a validated message and routing, without validating again.
+
+    A RoutedMessage is its InboundMessage's fields (``schema`` first) followed by ``routing``,
+    so its JSON is the inbound JSON with the schema swapped and ``routing`` appended; a test
+    pins that this equals ``RoutedMessage.from_inbound(...).to_json_bytes()``.
+    """
+    inbound = message.to_json_bytes()
+    assert inbound.startswith(_INBOUND_PREFIX)
+    return b"".join(
+        (
+            _ROUTED_PREFIX,
+            inbound[len(_INBOUND_PREFIX) : -1],
+            b',"routing":',
+            routing.model_dump_json().encode(),
+            b"}",
+        )
+    )
+
+
+def _waves(keys: Sequence[tuple[int, str]]) -> list[list[int]]:
+    """Indices grouped so that each conversation appears at most once per wave, in order.
+
+    A batch can hold several messages of one conversation; deciding them wave by wave lets each
+    follow-up see the state its predecessor left.
+    """
+    seen: dict[tuple[int, str], int] = {}
+    waves: list[list[int]] = []
+    for index, key in enumerate(keys):
+        wave = seen.get(key, 0)
+        seen[key] = wave + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(index)
+    return waves
+
+
+def _context(state: ConversationState) -> ConversationContext:
+    return ConversationContext(
+        department=state.department,
+        messages_seen=state.messages_seen,
+        last_routed_at=state.last_routed_at,
+        unresolved=state.unresolved,
+    )
+
+
+class _RouterProcessor:
+    """The :class:`bus.transactional.Processor` that turns inbound batches into routed outputs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        decider: Decider,
+        metrics: RouterMetrics,
+        logger: Logger,
+        tuning: RouterTuning,
+    ) -> None:
+        self._settings = settings
+        self._decider = decider
+        self._metrics = metrics
+        self._log = logger
+        self._tuning = tuning
+        self._topics = Topics(settings.kafka.topic_prefix)
+        self._departments = frozenset(settings.router.departments)
+        self._min_confidence = settings.router.min_confidence
+        self._max_bytes = settings.kafka.max_record_bytes + _ROUTING_ROOM
+        self.affinity = AffinityTable()
+        self.changelog_partitions = 1
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self._tuning.decide_in_thread:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-decide")
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ Processor
+
+    async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        sources = {
+            tp.partition: changelog_partition(tp.partition, self.changelog_partitions) for tp in partitions
+        }
+        snapshot = await read_changelog(
+            self._settings.kafka,
+            self._topics.conversations,
+            sorted(set(sources.values())),
+            timeout=self._tuning.restore_timeout_s,
+        )
+        unreadable = sum(self.affinity.load(p, snapshot[source]) for p, source in sources.items())
+        self._log.info(
+            "conversations restored",
+            partitions=sorted(sources),
+            conversations=len(self.affinity),
+            unreadable=unreadable,
+        )
+
+    def released(self, partitions: Collection[TopicPartition]) -> None:
+        for tp in partitions:
+            self.affinity.forget(tp.partition)
+
+    async def process(self, records: Sequence[Record]) -> Sequence[Output]:
+        decoded = [_decode(record) for record in records]
+        results: dict[int, _Decided | _Failure] = {
+            i: item for i, item in enumerate(decoded) if isinstance(item, _Failure)
+        }
+        valid = [i for i, item in enumerate(decoded) if isinstance(item, InboundMessage)]
+        keys = [(records[i].partition, self._message(decoded[i]).conversation_id) for i in valid]
+        for wave in _waves(keys):
+            indices = [valid[w] for w in wave]
+            messages = [self._message(decoded[i]) for i in indices]
+            states = [
+                self.affinity.get(records[i].partition, m.conversation_id)
+                for i, m in zip(indices, messages, strict=True)
+            ]
+            decisions = await self._decide(messages, [_context(s) for s in states])
+            for i, message, state, decision in zip(indices, messages, states, decisions, strict=True):
+                result = self._destination(decision)
+                if isinstance(result, _Decided):
+                    new = advance(state, result.routing, result.destination)
+                    self.affinity.put(records[i].partition, message.conversation_id, new)
+                    result = _Decided(result.routing, result.destination, new)
+                results[i] = result
+        outputs: list[Output] = []
+        for i, record in enumerate(records):
+            outputs.extend(self._outputs(record, decoded[i], results[i]))
+        return outputs
+
+    def committed(self, outputs: Sequence[Output], seconds: float) -> None:
+        """Count what became visible: each output's tag says what it stands for."""
+        metrics = self._metrics
+        for output in outputs:
+            if output.tag is None:
+                continue
+            kind, _, label = output.tag.partition(":")
+            if kind == "routed":
+                metrics.routed.labels(department=label).inc()
+            elif kind == "triaged":
+                metrics.triaged.labels(department=label).inc()
+            elif kind == "escalated":
+                metrics.escalated.labels(department=label).inc()
+            elif kind == "dlq":
+                metrics.dlq.labels(error_class=label).inc()
+            elif kind == "dropped":
+                metrics.dropped.inc()
+        metrics.batch_seconds.observe(seconds)
+
+    # ------------------------------------------------------------------ deciding
+
+    @staticmethod
+    def _message(item: InboundMessage | _Failure) -> InboundMessage:
+        assert isinstance(item, InboundMessage)
+        return item
+
+    async def _call(
+        self, messages: Sequence[InboundMessage], contexts: Sequence[ConversationContext]
+    ) -> list[Decision]:
+        if self._executor is None:
+            return self._decider.decide_batch(messages, contexts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._decider.decide_batch, messages, contexts)
+
+    async def _decide(
+        self, messages: Sequence[InboundMessage], contexts: Sequence[ConversationContext]
+    ) -> list[Decision | _Failure]:
+        """One decision per message; a failure is confined to the message that caused it."""
+        try:
+            decisions = await self._call(messages, contexts)
+            if len(decisions) != len(messages):
+                raise RuntimeError(
+                    f"decide_batch returned {len(decisions)} decisions for {len(messages)} messages"
+                )
+            return list(decisions)
+        except Exception as error:
+            if len(messages) == 1:
+                return [_Failure(f"the classifier failed: {error!r}", type(error).__name__)]
+            self._log.warning(
+                "decide_batch failed; deciding one by one", error=repr(error), size=len(messages)
+            )
+        results: list[Decision | _Failure] = []
+        for message, context in zip(messages, contexts, strict=True):
+            results.extend(await self._decide([message], [context]))
+        return results
+
+    def _destination(self, decision: Decision | _Failure) -> _Decided | _Failure:
+        if isinstance(decision, _Failure):
+            return decision
+        routing = decision.routing
+        if routing.department not in self._departments:
+            return _Failure(
+                f"the classifier chose department {routing.department!r}, which is not configured",
+                "UnknownDepartment",
+            )
+        if decision.drop:
+            return _Decided(routing, "dropped")
+        if routing.confidence < self._min_confidence:
+            return _Decided(routing, "triage")
+        return _Decided(routing, "department")
+
+    # ------------------------------------------------------------------ outputs
+
+    def _outputs(
+        self, record: Record, item: InboundMessage | _Failure, result: _Decided | _Failure
+    ) -> list[Output]:
+        """The record's outputs: routed (plus escalation copy) or DLQ, and its new state."""
+        if isinstance(result, _Failure):
+            return [self._dead_letter(record, result)]
+        source = TopicPartition(record.topic, record.partition)
+        message = self._message(item)
+        routing = result.routing
+        key = message.conversation_id.encode()
+        outputs: list[Output] = []
+        if result.destination == "dropped":
+            self._log.info(
+                "auto-reply dropped",
+                message_id=message.message_id,
+                conversation_id=message.conversation_id,
+                channel_instance=message.channel_instance,
+            )
+        else:
+            value = _routed_json(message, routing)
+            if len(value) > self._max_bytes:
+                failure = _Failure(
+                    f"the routed record is {len(value)} bytes, above the limit", "RecordTooLarge"
+                )
+                return [self._dead_letter(record, failure)]
+            headers = record_headers(ROUTED_SCHEMA, message.message_id)
+            if result.destination == "triage":
+                topic, tag = self._topics.triage, f"triaged:{routing.department}"
+            else:
+                topic, tag = self._topics.department(routing.department), f"routed:{routing.department}"
+            outputs.append(Output(source, topic, key, value, headers, tag=tag))
+            if routing.escalate:
+                escalated = f"escalated:{routing.department}"
+                outputs.append(Output(source, self._topics.escalations, key, value, headers, tag=escalated))
+        assert result.state is not None
+        outputs.append(
+            Output(
+                source,
+                self._topics.conversations,
+                key,
+                result.state.to_bytes(),
+                record_headers(CONVERSATION_SCHEMA, message.message_id),
+                partition=changelog_partition(record.partition, self.changelog_partitions),
+                tag="dropped" if result.destination == "dropped" else None,
+            )
+        )
+        return outputs
+
+    def _dead_letter(self, record: Record, failure: _Failure) -> Output:
+        headers: Headers = [(k, v) for k, v in record.headers or ()]
+        extra = [
+            ("sb-error", failure.error[:_MAX_ERROR_CHARS]),
+            ("sb-error-class", failure.error_class),
+            ("sb-source-topic", record.topic),
+            ("sb-source-partition", str(record.partition)),
+            ("sb-source-offset", str(record.offset)),
+        ]
+        value = record.value
+        if value is not None and len(value) > self._max_bytes:
+            extra.append(("sb-truncated-from", str(len(value))))
+            value = value[: self._settings.kafka.max_record_bytes]
+        headers += [(name, text.encode("utf-8", errors="replace")) for name, text in extra]
+        self._log.warning(
+            "record sent to the dead-letter queue",
+            error_class=failure.error_class,
+            error=failure.error[:200],
+            partition=record.partition,
+            offset=record.offset,
+        )
+        source = TopicPartition(record.topic, record.partition)
+        return Output(source, self._topics.dlq, record.key, value, headers, tag=f"dlq:{failure.error_class}")
+
+
+class RouterService:
+    """``switchboard router run``: one member of the ``<prefix>.router`` consumer group.
+
+    ``start()`` resolves the delivery mode (``kafka.delivery``), creates missing topics, joins
+    the group and routes in the background; ``stop()`` commits the batch in hand, leaves the
+    group and returns (idempotent).
+    """
+
+    name = "router"
+
+    def __init__(
+        self,
+        settings: Settings,
+        decider: Decider,
+        *,
+        registry: CollectorRegistry,
+        health: Health,
+        logger: Logger,
+        tuning: RouterTuning = RouterTuning(),
+    ) -> None:
+        self._settings = settings
+        self._health = health
+        self._log = logger
+        self._tuning = tuning
+        self._topics = Topics(settings.kafka.topic_prefix)
+        self.metrics = RouterMetrics(registry)
+        self._processor = _RouterProcessor(settings, decider, self.metrics, logger, tuning)
+        self._loop: TransactionalLoop | None = None
+        self.exactly_once: bool | None = None
+        self.metrics.conversations.set_function(lambda: len(self._processor.affinity))
+        self.metrics.lag.set_function(self._lag)
+
+    def _lag(self) -> float:
+        return float(sum(self._loop.lag().values())) if self._loop is not None else 0.0
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            return
+        kafka = self._settings.kafka
+        exactly_once = await resolve_exactly_once(kafka, self._log)
+        await ensure_topics(kafka, self._topics.all(self._settings.router.departments))
+        inbound = len(await partitions_of(kafka, [self._topics.inbound]))
+        conversations = len(await partitions_of(kafka, [self._topics.conversations]))
+        if conversations < inbound:
+            self._log.warning(
+                "sb.conversations has fewer partitions than sb.inbound: affinity may lag after rebalances",
+                inbound=inbound,
+                conversations=conversations,
+            )
+        self._processor.changelog_partitions = max(1, conversations)
+        self._processor.start()
+        loop = TransactionalLoop(
+            kafka,
+            topic=self._topics.inbound,
+            group_id=group_id(self._settings),
+            processor=self._processor,
+            exactly_once=exactly_once,
+            logger=self._log,
+            health=self._health,
+            tuning=self._tuning.loop,
+        )
+        try:
+            await loop.start()
+        except BaseException:
+            self._processor.stop()
+            raise
+        self._loop = loop
+        self.exactly_once = exactly_once
+        self._log.info(
+            "router started",
+            group=loop.group_id,
+            delivery="exactly_once" if exactly_once else "at_least_once",
+            departments=list(self._settings.router.departments),
+        )
+
+    async def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            await loop.stop()
+        finally:
+            self._processor.stop()
+            self._log.info("router stopped")

@@ -1,0 +1,54 @@
+"""The featurizer: deterministic, position-independent hashes, the same for any batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from router.features import FeatureSpec, Featurizer, model_input, normalize
+
+
+def _buckets(features, document: int) -> list[int]:  # type: ignore[no-untyped-def]
+    return sorted(features.buckets[features.documents == document].tolist())
+
+
+def test_normalize_folds_case_digits_punctuation_and_spaces() -> None:
+    assert normalize("Order #4471  NOT delivered!!") == "order 0000 not delivered"
+    assert normalize("ＡＢＣ") == "abc"  # full-width forms (NFKC)
+
+
+def test_indic_combining_marks_stay_inside_words() -> None:
+    assert normalize("ஆர்டர் எங்கே?") == "ஆர்டர் எங்கே"
+
+
+def test_a_message_has_the_same_features_alone_and_inside_a_batch() -> None:
+    featurizer = Featurizer()
+    alone = featurizer.transform(["where is my parcel"])
+    batch = featurizer.transform(["something else first", "where is my parcel", "and after"])
+    assert _buckets(alone, 0) == _buckets(batch, 1)
+
+
+def test_hashes_are_pinned_across_processes_and_versions() -> None:
+    # A model trained in one process must score the same in another: the buckets are fixed values.
+    # "hi" is framed as " hi ": 1-grams h, i; 2-grams " h", hi, "i "; 3-grams " hi", "hi "; the word.
+    features = Featurizer(FeatureSpec(bits=18)).transform(["hi"])
+    assert sorted(features.buckets.tolist()) == [26525, 35179, 48483, 64354, 73306, 73980, 136786, 150182]
+
+
+def test_weights_put_long_and_short_messages_on_one_scale() -> None:
+    features = Featurizer().transform(["short", "a much longer message " * 20])
+    for document in (0, 1):
+        weights = features.weights[features.documents == document]
+        assert np.isclose(float((weights**2).sum()), 1.0, atol=1e-4)
+
+
+def test_matrix_rows_follow_the_batch_order() -> None:
+    features = Featurizer().transform(["a", "", "b c"])
+    matrix = features.matrix()
+    assert matrix.shape == (3, FeatureSpec().dimensions)
+    assert matrix[1].nnz == 0
+    assert matrix[0].nnz > 0 and matrix[2].nnz > 0
+
+
+def test_subject_and_text_are_combined_one_way_everywhere() -> None:
+    assert model_input("", "hello") == "hello"
+    assert model_input("Refund", "hello") == "Refund\nhello"
