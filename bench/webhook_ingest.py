@@ -14,7 +14,9 @@ process's own HTTP app), measured in one run with the same clients and the same 
 
 The clients run in a child process (so they do not share the server's event loop): each
 holds one keep-alive HTTP/1.1 connection and sends one request at a time; a request's latency
-is from writing it to reading the whole answer. Every request carries a new message id.
+is from writing it to reading the whole answer. Every request carries a new message id. The two
+servers are measured in alternating rounds and each row keeps its best round (latencies from that
+round), because a shared machine's background load otherwise decides the ratio.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ async def main() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("SWITCHBOARD_TEST_KAFKA", "127.0.0.1:9092"))
     parser.add_argument("--requests", type=int, default=3000, help="requests per row")
     parser.add_argument("--concurrency", default="10,100", help="comma-separated client counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per row; the best is kept")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -187,11 +190,16 @@ async def main() -> None:
             for path in paths.values():  # warm-up: connections, producer batches, JIT-less caches
                 await loop.run_in_executor(pool, run_clients, server.port, path, 300, 10)
             for level in levels:
-                for name, path in paths.items():
-                    seconds, latencies = await loop.run_in_executor(
-                        pool, run_clients, server.port, path, args.requests, level
-                    )
-                    rows.append((name, level, args.requests / seconds, latencies))
+                best: dict[str, tuple[float, list[float]]] = {}
+                for _ in range(args.rounds):  # alternate, so both see the same background load
+                    for name, path in paths.items():
+                        seconds, latencies = await loop.run_in_executor(
+                            pool, run_clients, server.port, path, args.requests, level
+                        )
+                        rate = args.requests / seconds
+                        if name not in best or rate > best[name][0]:
+                            best[name] = (rate, latencies)
+                rows += [(name, level, rate, latencies) for name, (rate, latencies) in best.items()]
     finally:
         await server.stop()
         await webhook.stop()
@@ -202,7 +210,8 @@ async def main() -> None:
     body_size = len(sample) - sample.index(b"\r\n\r\n") - 4
     print(
         f"\nWebhook ingest on {args.bootstrap}: {args.requests} requests per row, body {body_size} B, "
-        f"acks=all idempotent, {config.partitions} partitions, uvicorn on loopback, {os.cpu_count()} cores"
+        f"acks=all idempotent, {config.partitions} partitions, uvicorn on loopback, {os.cpu_count()} cores, "
+        f"best of {args.rounds} alternating rounds"
     )
     header = f"{'server':28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}"
     print(header)

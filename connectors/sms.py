@@ -26,10 +26,9 @@ from typing import Literal
 from urllib.parse import parse_qsl
 
 from pydantic import ConfigDict, Field, JsonValue, SecretStr, field_validator
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
@@ -149,9 +148,9 @@ class SmsConnector:
         self.name = config.name
         self.config = config
         self.edge = WebEdge(config, context, channel="sms")
-        self._app = Starlette(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
+        self._app = Router(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
 
-    def asgi_app(self) -> Starlette:
+    def asgi_app(self) -> Router:
         return self._app
 
     async def start(self) -> None:

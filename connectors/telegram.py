@@ -36,10 +36,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, model_validator
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
@@ -361,11 +360,11 @@ class TelegramConnector:
             if config.mode == "webhook"
             else []
         )
-        self._app = Starlette(routes=routes)
+        self._app = Router(routes=routes)
         self._stopped = asyncio.Event()
         self.offset: int | None = None  # polling: the next update_id to ask for
 
-    def asgi_app(self) -> Starlette:
+    def asgi_app(self) -> Router:
         return self._app
 
     async def start(self) -> None:

@@ -41,10 +41,9 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_validator
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
@@ -183,9 +182,9 @@ class WebhookConnector:
         self.name = config.name
         self.config = config
         self.edge = WebEdge(config, context, channel="webhook")
-        self._app = Starlette(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
+        self._app = Router(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
 
-    def asgi_app(self) -> Starlette:
+    def asgi_app(self) -> Router:
         return self._app
 
     async def start(self) -> None:

@@ -30,10 +30,9 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
@@ -300,14 +299,14 @@ class WhatsAppConnector:
         self.name = config.name
         self.config = config
         self.edge = WebEdge(config, context, channel="whatsapp")
-        self._app = Starlette(
+        self._app = Router(
             routes=[
                 Route("/", self.edge.endpoint(self._handshake), methods=["GET"]),
                 Route("/", self.edge.endpoint(self._receive), methods=["POST"]),
             ]
         )
 
-    def asgi_app(self) -> Starlette:
+    def asgi_app(self) -> Router:
         return self._app
 
     async def start(self) -> None:
