@@ -14,7 +14,16 @@ from connectors.sms import EMPTY_TWIML, SmsConfig, SmsConnector
 from models.config import KafkaConfig
 from models.ids import message_id
 from models.topics import Topics
-from tests.connectors.fixtures.harness import Live, by_native_id, fixture_bytes, inbound, live_channel
+from tests.connectors.fixtures.harness import (
+    Live,
+    by_native_id,
+    drop_topics_after,
+    fixture_bytes,
+    inbound,
+    live_channel,
+)
+
+pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
 
 NAME = "support-sms"
 PATH = f"/channels/{NAME}/"

@@ -19,9 +19,18 @@ from connectors.webhook import SIGNATURE_HEADER, WebhookConfig, WebhookConnector
 from models.config import KafkaConfig
 from models.ids import conversation_id, message_id
 from models.topics import Topics
-from tests.connectors.fixtures.harness import Live, by_native_id, fixture_bytes, inbound, live_channel
+from tests.connectors.fixtures.harness import (
+    Live,
+    by_native_id,
+    drop_topics_after,
+    fixture_bytes,
+    inbound,
+    live_channel,
+)
 
 SECRET = "a-long-shared-webhook-secret-0123"
+pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
+
 NAME = "gateway"
 PATH = f"/channels/{NAME}/"
 

@@ -15,7 +15,17 @@ from connectors.whatsapp import WhatsAppConfig, WhatsAppConnector
 from models.config import KafkaConfig
 from models.ids import message_id
 from models.topics import Topics
-from tests.connectors.fixtures.harness import Live, by_native_id, fixture_bytes, inbound, live_channel, meta
+from tests.connectors.fixtures.harness import (
+    Live,
+    by_native_id,
+    drop_topics_after,
+    fixture_bytes,
+    inbound,
+    live_channel,
+    meta,
+)
+
+pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
 
 NAME = "support-whatsapp"
 PATH = f"/channels/{NAME}/"
