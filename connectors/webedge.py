@@ -385,7 +385,8 @@ class Deduplicator:
         """Run *action* unless *key* was processed; ``"duplicate"`` if it was (or is being).
 
         Waits at most *deadline* seconds (:class:`TimeoutError` after that; the action goes on);
-        raises the action's error if it failed, for every request that shared it.
+        raises the action's error if it failed, for every request that shared it, and
+        :class:`Unavailable` if :meth:`close` cancelled it.
         """
         if key in self._memory:
             self._memory.move_to_end(key)
@@ -400,7 +401,14 @@ class Deduplicator:
             task = asyncio.create_task(self._first_attempt(key, action), name=f"dedup {key}")
             self._in_flight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        outcome = await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # close() gave up on the action, not our caller: an answer the platform retries.
+                raise Unavailable("shutting down", reason="shutting_down", retry_after=5) from None
+            raise
         return "duplicate" if joined else outcome
 
     def _finished(self, key: str, task: asyncio.Task[Outcome]) -> None:

@@ -409,9 +409,27 @@ async def test_in_flight_is_bounded_and_close_refuses_new_keys(host: Host) -> No
     await asyncio.sleep(0.01)
     with pytest.raises(Unavailable, match="too many"):
         await seen.run_once("b", counting_action(calls, "b"), deadline=5)
-    await seen.close(timeout=0.05)  # "a" does not finish in time: cancelled
-    with pytest.raises(asyncio.CancelledError):
+    await seen.close(timeout=0.05)  # "a" does not finish in time: cancelled, its caller told to retry
+    with pytest.raises(Unavailable, match="shutting down"):
         await slow
     with pytest.raises(Unavailable, match="shutting down"):
         await seen.run_once("c", counting_action(calls, "c"), deadline=5)
     assert calls == ["a"]
+
+
+async def test_a_publish_still_stalled_when_the_drain_ends_is_answered_503(host: Host) -> None:
+    edge = WebEdge(config(drain_timeout=0.2, publish_deadline=30), host.context(), channel="webhook")
+
+    async def handler(request: Request) -> Response:
+        raw = await edge.read_body(request)
+        await edge.deliver([Delivery("stuck", record("stuck"))], raw=raw)
+        return Response(status_code=200)
+
+    host.publish_delay = 10
+    async with await served(edge, handler) as client:
+        stuck = asyncio.create_task(client.post("/", content=b"stuck"))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(edge.stop(), timeout=5)
+        answer = await stuck
+    assert answer.status_code == 503 and answer.json()["error"] == "shutting_down"
+    assert host.published == []
