@@ -60,6 +60,7 @@ __all__ = [
     "ImapConfig",
     "ImapConnector",
     "ImapUnavailable",
+    "MessageTooLarge",
     "OAuth2Settings",
     "build",
     "check",
@@ -530,12 +531,19 @@ def _groups(
         yield False, group
 
 
+class MessageTooLarge(Exception):
+    """A mail over ``max_message_size``: only its header was fetched; it stays on the server."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Parsed:
+    """One fetched mail and what it became: a record, or the reason it cannot be one."""
+
     uid: int
-    raw: bytes
+    raw: bytes  # the whole mail; only the header for a MessageTooLarge
     received_at: datetime
     outcome: InboundMessage | Exception
+    started: float  # perf_counter when the fetch began, for the publish latency metric
 
 
 class ImapConnector:
@@ -774,48 +782,80 @@ class ImapConnector:
     async def _take(
         self, mailbox: _Mailbox, folder: str, uids: Sequence[int], checkpoint: Checkpoint
     ) -> Checkpoint:
-        """Fetch, publish and checkpoint *uids* a bounded batch at a time; returns early (with
-        the last durable checkpoint) when the connector stops."""
+        """Fetch, publish and checkpoint *uids* in UID order, a bounded group at a time.
+
+        A group is fetched and parsed while the one before it is being confirmed, but it is
+        sent only once that one is confirmed and checkpointed: the checkpoint never passes an
+        unconfirmed mail. Returns early, with the last durable checkpoint, when stopping.
+        """
         config = self.config
-        for chunk in _batched(uids, config.batch_size):
-            summaries = await self._call(mailbox.summaries, chunk)
-            for too_large, group in _groups(chunk, summaries, config.batch_bytes, config.max_message_size):
+        uidvalidity = checkpoint.uidvalidity
+        sending: tuple[asyncio.Task[None], int] | None = None
+        try:
+            for chunk in _batched(uids, config.batch_size):
                 if self._stopping.is_set():
-                    return checkpoint
-                if too_large:
-                    await self._quarantine_too_large(
-                        mailbox, folder, checkpoint.uidvalidity, group[0], summaries
-                    )
-                else:
-                    await self._deliver(mailbox, folder, checkpoint.uidvalidity, group, summaries)
-                checkpoint = checkpoint.advanced(group[-1], self._context.clock())
-                await self._save(folder, checkpoint)
+                    break
+                summaries = await self._call(mailbox.summaries, chunk)
+                for too_large, group in _groups(
+                    chunk, summaries, config.batch_bytes, config.max_message_size
+                ):
+                    if self._stopping.is_set():
+                        break
+                    prepared = await self._prepare(mailbox, folder, uidvalidity, too_large, group, summaries)
+                    checkpoint = await self._settle(sending, folder, checkpoint)
+                    sending = None
+                    task = asyncio.create_task(self._send(prepared, folder, uidvalidity))
+                    sending = (task, group[-1])
+            checkpoint = await self._settle(sending, folder, checkpoint)
+            sending = None
+            return checkpoint
+        finally:
+            if sending is not None and not sending[0].done():
+                sending[0].cancel()  # not checkpointed: sent again later, with the same ids
+                await asyncio.wait({sending[0]})
+
+    async def _settle(
+        self, sending: tuple[asyncio.Task[None], int] | None, folder: str, checkpoint: Checkpoint
+    ) -> Checkpoint:
+        """Wait for the group in flight, then checkpoint its last UID."""
+        if sending is None:
+            return checkpoint
+        task, last_uid = sending
+        await task
+        checkpoint = checkpoint.advanced(last_uid, self._context.clock())
+        await self._save(folder, checkpoint)
         return checkpoint
 
-    async def _deliver(
+    async def _prepare(
         self,
         mailbox: _Mailbox,
         folder: str,
         uidvalidity: int,
+        too_large: bool,
         uids: list[int],
         summaries: dict[int, _Summary],
-    ) -> None:
-        """Fetch *uids* and return once each is on ``sb.inbound`` or in quarantine."""
+    ) -> list[_Parsed]:
+        """Fetch and parse one group. A mail over ``max_message_size`` is not downloaded: only
+        its header is, to be quarantined; the mail itself stays on the server."""
         started = time.perf_counter()
+        if too_large:
+            uid = uids[0]
+            summary = summaries[uid]
+            header = await self._call(mailbox.header, uid)
+            self._context.metrics.received()
+            self._context.metrics.rejected("too_big")
+            error = MessageTooLarge(
+                f"mail of {summary.size} bytes exceeds max_message_size ({self.config.max_message_size}); "
+                "left on the server"
+            )
+            return [_Parsed(uid, header, self._received_at(summary), error, started)]
         raws = await self._call(mailbox.bodies, uids)
         items = []
         for uid in uids:
-            if uid in raws:
+            if uid in raws:  # else expunged since the SEARCH
                 self._context.metrics.received()
                 items.append((uid, raws[uid], self._received_at(summaries[uid])))
-        parsed = await self._call(self._parse, folder, uidvalidity, items)
-        # Sent together, confirmed together: the producer keeps the order per key.
-        results = await asyncio.gather(
-            *(self._publish(item, folder, uidvalidity, started) for item in parsed), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        return await self._call(self._parse, folder, uidvalidity, items, started)
 
     def _received_at(self, summary: _Summary) -> datetime:
         stamp = summary.internaldate
@@ -824,7 +864,7 @@ class ImapConnector:
         return stamp.astimezone(UTC) if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
     def _parse(
-        self, folder: str, uidvalidity: int, items: list[tuple[int, bytes, datetime]]
+        self, folder: str, uidvalidity: int, items: list[tuple[int, bytes, datetime]], started: float
     ) -> list[_Parsed]:
         """Records for fetched mail (worker thread). A mail that cannot become a record carries
         its error instead; a failing attachment store raises (retriable: nothing is lost)."""
@@ -846,76 +886,65 @@ class ImapConnector:
                 if not isinstance(error, UnparseableEmail):
                     self._log.error("mail parser failed unexpectedly", uid=uid, exc_info=error)
                 outcome = error
-            parsed.append(_Parsed(uid, raw, received_at, outcome))
+            parsed.append(_Parsed(uid, raw, received_at, outcome, started))
         return parsed
 
-    async def _publish(self, item: _Parsed, folder: str, uidvalidity: int, started: float) -> None:
-        if isinstance(item.outcome, InboundMessage):
+    async def _send(self, parsed: list[_Parsed], folder: str, uidvalidity: int) -> None:
+        """Returns once every mail of a group is on ``sb.inbound`` or in quarantine. Sent
+        together, confirmed together: the producer keeps their order per conversation."""
+        results = await asyncio.gather(
+            *(self._publish(item, folder, uidvalidity) for item in parsed), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _publish(self, item: _Parsed, folder: str, uidvalidity: int) -> None:
+        outcome = item.outcome
+        if isinstance(outcome, InboundMessage):
             try:
-                await self._confirmed(self._context.publish(item.outcome), "record")
+                await self._confirmed(self._context.publish(outcome), "record")
             except RecordRejected as error:
-                await self._quarantine_raw(item, error, folder, uidvalidity)
+                await self._quarantine(item, error, folder, uidvalidity)
                 return
             except Exception:
                 self._context.metrics.publish_failed()
                 raise
-            self._context.metrics.published(time.perf_counter() - started)
+            self._context.metrics.published(time.perf_counter() - item.started)
         else:
-            await self._quarantine_raw(item, item.outcome, folder, uidvalidity)
+            await self._quarantine(item, outcome, folder, uidvalidity)
 
-    async def _quarantine_raw(self, item: _Parsed, error: Exception, folder: str, uidvalidity: int) -> None:
-        """Keep a mail that cannot be a record: the whole ``.eml`` in the attachment store (a
-        quarantine record is cut at the broker's size), a record saying why in quarantine."""
-        digest = hashlib.sha256(item.raw).hexdigest()
-        try:
-            ref = await self._call(
-                lambda: self._attachments.put(
-                    item.raw, sha256=digest, filename=f"{digest}.eml", content_type="message/rfc822"
-                )
-            )
-        except OSError as store_error:
-            raise ImapUnavailable(f"attachment store failed: {store_error.strerror or store_error}") from None
+    async def _quarantine(self, item: _Parsed, error: Exception, folder: str, uidvalidity: int) -> None:
+        """Keep a mail that cannot be a record. Its whole ``.eml`` goes to the attachment
+        store (a quarantine record is cut at the broker's size), then a record saying why and
+        where the mail is to quarantine. A mail too large to fetch is kept by its header."""
         where = f"imap {folder} uidvalidity {uidvalidity} uid {item.uid}"
-        await self._send_to_quarantine(
-            QuarantineItem(
-                channel_instance=self.name,
-                raw=item.raw,
-                reason=f"{error}; whole mail kept at {ref}; {where}"[:1000],
-                error_class=error.__class__.__name__,
-                content_type="message/rfc822",
-                received_at=item.received_at,
-            )
+        if isinstance(error, MessageTooLarge):
+            reason, content_type = f"{error}: {where}", "text/rfc822-headers"
+        else:
+            digest = hashlib.sha256(item.raw).hexdigest()
+            try:
+                ref = await self._call(
+                    lambda: self._attachments.put(
+                        item.raw, sha256=digest, filename=f"{digest}.eml", content_type="message/rfc822"
+                    )
+                )
+            except OSError as store_error:
+                raise ImapUnavailable(f"attachment store failed: {store_error.strerror}") from None
+            reason, content_type = f"{error}; whole mail kept at {ref}; {where}", "message/rfc822"
+        quarantined = QuarantineItem(
+            channel_instance=self.name,
+            raw=item.raw,
+            reason=reason[:1000],
+            error_class=error.__class__.__name__,
+            content_type=content_type,
+            received_at=item.received_at,
         )
-        self._log.warning("mail quarantined", uid=item.uid, error_class=error.__class__.__name__, ref=ref)
-
-    async def _quarantine_too_large(
-        self, mailbox: _Mailbox, folder: str, uidvalidity: int, uid: int, summaries: dict[int, _Summary]
-    ) -> None:
-        """A mail over ``max_message_size`` is not downloaded: its header goes to quarantine
-        and the mail itself stays on the server, where the reason says to find it."""
-        summary = summaries[uid]
-        self._context.metrics.received()
-        self._context.metrics.rejected("too_big")
-        header = await self._call(mailbox.header, uid)
-        reason = (
-            f"mail of {summary.size} bytes exceeds max_message_size ({self.config.max_message_size}); "
-            f"left on the server: imap {folder} uidvalidity {uidvalidity} uid {uid}"
-        )
-        await self._send_to_quarantine(
-            QuarantineItem(
-                channel_instance=self.name,
-                raw=header,
-                reason=reason,
-                error_class="MessageTooLarge",
-                content_type="text/rfc822-headers",
-                received_at=self._received_at(summary),
-            )
-        )
-        self._log.warning("mail too large, header quarantined", uid=uid, size=summary.size)
-
-    async def _send_to_quarantine(self, item: QuarantineItem) -> None:
-        await self._confirmed(self._context.quarantine(item), "quarantine record")
+        await self._confirmed(self._context.quarantine(quarantined), "quarantine record")
         self._context.metrics.quarantined()
+        self._log.warning(
+            "mail quarantined", uid=item.uid, error_class=quarantined.error_class, reason=reason
+        )
 
     async def _wait_for_mail(self, mailbox: _Mailbox, idle: bool) -> None:
         """Return when the folder may have new mail, at the latest after ``idle_renew``

@@ -91,6 +91,7 @@ class Harness:
     directory: Path
     supervisor: Supervisor = field(default_factory=lambda: Supervisor(Readiness(), structlog.get_logger("t")))
     running: list[ImapConnector] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)  # ids the connector had confirmed, in order
 
     def config(self, **overrides: Any) -> ImapConfig:
         values: dict[str, Any] = {
@@ -111,11 +112,17 @@ class Harness:
 
     async def context(self, *, publish: Publish | None = None) -> tuple[ConnectorContext, Health]:
         publisher = InboundPublisher(self.producer, self.topics, self.kafka.max_record_bytes)
+
+        async def counted(message: InboundMessage) -> None:
+            # The producer absorbs repeats of a recent id: count what the connector asks for.
+            await publisher.publish(message)
+            self.published.append(message.message_id)
+
         store = KafkaStateStore(self.producer, self.topics.state, INSTANCE)
         store.restore(await read_compacted(self.kafka, self.topics.state))
         health = Health()
         context = ConnectorContext(
-            publish=publish or publisher.publish,
+            publish=publish or counted,
             quarantine=publisher.quarantine,
             state=store,
             health=health,
@@ -135,6 +142,12 @@ class Harness:
         self.running.append(connector)
         return connector, health, context
 
+    async def new_process(self) -> None:
+        """A fresh producer, as after a process restart (a producer absorbs its own repeats)."""
+        await self.producer.stop()
+        self.producer = Producer(self.kafka, idempotent=False)
+        await self.producer.start()
+
     async def inbound(self, expected: int, timeout: float = 20.0) -> list[InboundMessage]:
         records = await read_topic(self.kafka, self.topics.inbound, expected, timeout)
         return [InboundMessage.from_json_bytes(r.value) for r in records]  # type: ignore[attr-defined]
@@ -145,6 +158,7 @@ class Harness:
         assert len(records) == count, f"expected {count} records, got {len(records)}"
         extra = await self.inbound(count + 1, timeout=settle)
         assert len(extra) == count, f"expected exactly {count} records, got {len(extra)}"
+        assert len(self.published) in (0, count), f"the connector published {len(self.published)} times"
         return extra
 
     async def quarantined(self, expected: int, timeout: float = 20.0) -> list[Any]:
@@ -384,6 +398,7 @@ async def test_a_new_uidvalidity_rescans_with_the_same_ids(harness: Harness) -> 
     before = in_mailbox_order(await harness.exactly(2, settle=0.5))
     old = await harness.checkpoint(folder)
     await connector.stop()
+    await harness.new_process()
 
     await asyncio.to_thread(harness.server.recreate, folder)  # new UIDVALIDITY, same mail
     for raw in kept:
