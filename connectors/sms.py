@@ -6,6 +6,8 @@ Set the number's (or Messaging Service's) "A message comes in" webhook to
 account's ``auth_token`` over the URL it called plus the sorted form parameters). Behind a proxy
 or load balancer this process does not see that URL: set ``public_url`` to exactly the URL
 configured at Twilio (without any ``#`` fragment; the query string of each request is appended).
+Without it, the URL as this process saw it is checked, with and without the channel root's
+trailing slash (``/channels/<name>`` and ``/channels/<name>/`` are the same endpoint).
 
 * A message is one record, deduplicated on ``MessageSid``; the answer is an empty TwiML
   ``<Response/>`` (no automatic reply), sent only once the record is durable.
@@ -32,7 +34,7 @@ from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
-from connectors.signatures import verify_twilio
+from connectors.signatures import SignatureError, verify_twilio
 from connectors.webedge import BadRequest, Delivery, Forbidden, HttpChannelConfig, WebEdge
 from models import Attachment, InboundMessage, Sender
 from models.ids import conversation_id, message_id
@@ -159,12 +161,31 @@ class SmsConnector:
     async def stop(self) -> None:
         await self.edge.stop()
 
-    def signed_url(self, request: Request) -> str:
-        """The URL Twilio signed: ``public_url`` (plus this request's query) or the URL seen."""
-        if self.config.public_url is None:
-            return str(request.url)
-        query = request.url.query
-        return self.config.public_url + (f"?{query}" if query else "")
+    def signed_urls(self, request: Request) -> list[str]:
+        """The URLs Twilio may have signed: ``public_url`` (plus this request's query), or else the
+        URL seen, also without the trailing slash the process adds to a channel's bare root."""
+        if self.config.public_url is not None:
+            query = request.url.query
+            return [self.config.public_url + (f"?{query}" if query else "")]
+        seen = request.url
+        urls = [str(seen)]
+        if seen.path.endswith("/"):
+            urls.append(str(seen.replace(path=seen.path.rstrip("/"))))
+        return urls
+
+    def verify(self, request: Request, pairs: list[tuple[str, str]]) -> None:
+        """Check ``X-Twilio-Signature`` against every candidate URL; 401 unless one matches."""
+        header = request.headers.get("X-Twilio-Signature")
+        failure: SignatureError | None = None
+        for url in self.signed_urls(request):
+            try:
+                verify_twilio(self.config.auth_token, header=header, url=url, params=pairs)
+            except SignatureError as error:
+                failure = error
+            else:
+                return
+        assert failure is not None
+        raise failure
 
     async def _receive(self, request: Request) -> Response:
         raw = await self.edge.read_body(request)
@@ -172,12 +193,7 @@ class SmsConnector:
         if content_type != FORM_TYPE:
             raise BadRequest(f"expected {FORM_TYPE}", reason="invalid_form")
         pairs = parse_form(raw)
-        verify_twilio(
-            self.config.auth_token,
-            header=request.headers.get("X-Twilio-Signature"),
-            url=self.signed_url(request),
-            params=pairs,
-        )
+        self.verify(request, pairs)
         if self.config.account_sid is not None and dict(pairs).get("AccountSid") != self.config.account_sid:
             raise Forbidden("message for another Twilio account", reason="wrong_account")
         delivery = to_delivery(pairs, instance=self.name, received_at=self.edge.now())

@@ -17,13 +17,10 @@ from models.topics import Topics
 from tests.connectors.fixtures.harness import (
     Live,
     by_native_id,
-    drop_topics_after,
     fixture_bytes,
     inbound,
     live_channel,
 )
-
-pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
 
 NAME = "support-sms"
 PATH = f"/channels/{NAME}/"
@@ -86,6 +83,20 @@ async def test_mms_media_are_attachment_metadata(kafka_config: KafkaConfig, crea
         ("application/pdf", "ME1b2c3d4e5f60718293a4b5c6d7e8f9a0"),
     ]
     assert record.sender.id == "+919812345678"
+
+
+async def test_bare_channel_root_is_signed_as_registered(
+    kafka_config: KafkaConfig, created_topics: Topics
+) -> None:
+    body = fixture_bytes("sms_inbound.form")
+    async with live(kafka_config, created_topics) as channel:
+        url = str(channel.client.base_url).rstrip("/") + PATH.rstrip("/")  # registered without "/"
+        signature = sign_twilio(TOKEN, url, parse_qsl(body.decode(), keep_blank_values=True))
+        answer = await channel.client.post(
+            url, content=body, headers={**FORM, "X-Twilio-Signature": signature}
+        )
+    assert answer.status_code == 200, answer.text
+    assert len(await inbound(kafka_config, created_topics.inbound)) == 1
 
 
 async def test_behind_a_proxy_the_public_url_is_what_is_signed(

@@ -18,14 +18,11 @@ from tests.connectors.fixtures.harness import (
     Live,
     by_native_id,
     channel_context,
-    drop_topics_after,
     fixture_bytes,
     fixture_json,
     inbound,
     live_channel,
 )
-
-pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
 
 NAME = "support-telegram"
 PATH = f"/channels/{NAME}/"

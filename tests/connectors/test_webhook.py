@@ -22,15 +22,12 @@ from models.topics import Topics
 from tests.connectors.fixtures.harness import (
     Live,
     by_native_id,
-    drop_topics_after,
     fixture_bytes,
     inbound,
     live_channel,
 )
 
 SECRET = "a-long-shared-webhook-secret-0123"
-pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
-
 NAME = "gateway"
 PATH = f"/channels/{NAME}/"
 
@@ -89,6 +86,14 @@ async def test_signed_message_becomes_one_record(kafka_config: KafkaConfig, crea
         "sent_at": "2026-11-23T04:30:00Z",
     }
     assert harness.metric("switchboard_channel_published_total", channel="webhook", instance=NAME) == 1
+
+
+async def test_the_bare_channel_path_is_served_too(kafka_config: KafkaConfig, created_topics: Topics) -> None:
+    body = message_body("gw-root")
+    async with live(kafka_config, created_topics, config()) as channel:
+        response = await channel.client.post(PATH.rstrip("/"), content=body, headers=signed(body))
+    assert response.status_code == 200, response.text
+    assert [r.native_id for r in await inbound(kafka_config, created_topics.inbound)] == ["gw-root"]
 
 
 async def test_batch_and_default_conversation(kafka_config: KafkaConfig, created_topics: Topics) -> None:

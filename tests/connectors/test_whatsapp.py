@@ -18,14 +18,11 @@ from models.topics import Topics
 from tests.connectors.fixtures.harness import (
     Live,
     by_native_id,
-    drop_topics_after,
     fixture_bytes,
     inbound,
     live_channel,
     meta,
 )
-
-pytestmark = pytest.mark.usefixtures(drop_topics_after.__name__)
 
 NAME = "support-whatsapp"
 PATH = f"/channels/{NAME}/"
