@@ -94,27 +94,43 @@ class _Section(BaseModel):
 class KafkaConfig(_Section):
     """How to reach the broker. ``bootstrap`` absent means: start the embedded development broker."""
 
-    bootstrap: str | None = None
-    topic_prefix: str = Field(default="sb", pattern=r"^[A-Za-z0-9._-]{1,100}$")
-    partitions: int = Field(default=6, ge=1, le=10_000)
-    replication_factor: int = Field(default=1, ge=1, le=32)
-    delivery: Literal["auto", "exactly_once", "at_least_once"] = "auto"
-    client_id: str = "switchboard"
-    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port…]; absent: the embedded broker (switchboard up only)"
+    )
+    topic_prefix: str = Field(
+        default="sb", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="first part of every topic name"
+    )
+    partitions: int = Field(
+        default=6, ge=1, le=10_000, description="partitions of topics Switchboard creates"
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, le=32, description="replicas of topics Switchboard creates"
+    )
+    delivery: Literal["auto", "exactly_once", "at_least_once"] = Field(
+        default="auto", description="auto: exactly once when the broker has transactions, else at least once"
+    )
+    client_id: str = Field(default="switchboard", description="Kafka client id prefix (broker logs, quotas)")
+    request_timeout_ms: int = Field(default=30_000, ge=1_000, description="Kafka request timeout")
     publish_timeout_s: float = Field(
         default=10.0, gt=0, description="a connector gives up waiting for the broker after this"
     )
     max_record_bytes: int = Field(
         default=900_000, ge=10_000, description="records are cut below this (broker limit ~1 MB)"
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="as aiokafka names it"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="with SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_plain_username: str | None = Field(default=None, description="SASL user name")
+    sasl_plain_password: SecretStr | None = Field(default=None, description="SASL password (use ${VAR})")
+    ssl_cafile: str | None = Field(
+        default=None, description="CA bundle that signed the brokers' certificates"
+    )
+    ssl_certfile: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    ssl_keyfile: str | None = Field(default=None, description="client key (mutual TLS)")
+    ssl_password: SecretStr | None = Field(default=None, description="password of the client key")
 
 
 class ChannelConfig(BaseModel):
@@ -157,16 +173,16 @@ class RuleMatch(_Section):
     phrases found anywhere in the subject or text, case-insensitively.
     """
 
-    channel: Strings = ()
-    instance: Strings = ()
-    sender: Strings = ()
-    sender_domain: Strings = ()
-    recipient: Strings = ()
-    recipient_domain: Strings = ()
-    subject: Pattern = None
-    text: Pattern = None
-    language: Strings = ()
-    keywords: Strings = ()
+    channel: Strings = Field(default=(), description="channel kinds: email, slack, telegram, …")
+    instance: Strings = Field(default=(), description="channel instance names from channels[].name")
+    sender: Strings = Field(default=(), description="sender ids (addresses, phone numbers, user ids)")
+    sender_domain: Strings = Field(default=(), description="domains of sender addresses")
+    recipient: Strings = Field(default=(), description="any recipient address")
+    recipient_domain: Strings = Field(default=(), description="domain of any recipient address")
+    subject: Pattern = Field(default=None, description="regular expression searched in the subject")
+    text: Pattern = Field(default=None, description="regular expression searched in the text")
+    language: Strings = Field(default=(), description="ISO 639-1 codes of the identified language")
+    keywords: Strings = Field(default=(), description="words or phrases anywhere in subject or text")
 
 
 class RuleConfig(_Section):
@@ -177,12 +193,14 @@ class RuleConfig(_Section):
     ``stop``: evaluate no further rules.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    match: RuleMatch = RuleMatch()
-    department: str | None = None
-    priority: Literal["low", "normal", "high", "urgent"] | None = None
-    escalate: bool | None = None
-    stop: bool = False
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="shown in reasons as rule:<name>")
+    match: RuleMatch = Field(default=RuleMatch(), description="conditions; all must hold (none: always)")
+    department: str | None = Field(default=None, description="route here (the first such rule wins)")
+    priority: Literal["low", "normal", "high", "urgent"] | None = Field(
+        default=None, description="raise the priority to at least this"
+    )
+    escalate: bool | None = Field(default=None, description="force escalation on (or off)")
+    stop: bool = Field(default=False, description="evaluate no further rules")
 
     @model_validator(mode="after")
     def _does_something(self) -> RuleConfig:
@@ -192,12 +210,23 @@ class RuleConfig(_Section):
 
 
 class RouterConfig(_Section):
+    """How the router decides: departments, model, threshold, admin rules."""
+
     model: str | None = Field(default=None, description="path of a trained model; null = packaged")
-    departments: tuple[str, ...] = DEFAULT_DEPARTMENTS
-    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
-    rules: tuple[RuleConfig, ...] = ()
-    auto_replies: Literal["route", "drop"] = "route"
-    affinity_switch_confidence: float = Field(default=0.85, ge=0.0, le=1.0)
+    departments: tuple[str, ...] = Field(default=DEFAULT_DEPARTMENTS, description="one queue topic each")
+    min_confidence: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="below it a message goes to triage"
+    )
+    rules: tuple[RuleConfig, ...] = Field(default=(), description="admin rules, before the model, in order")
+    auto_replies: Literal["route", "drop"] = Field(
+        default="route", description="auto-replies and bounces: to general at low priority, or dropped"
+    )
+    affinity_switch_confidence: float = Field(
+        default=0.85,
+        ge=0.0,
+        le=1.0,
+        description="confidence a follow-up needs to leave its conversation's department",
+    )
 
     @model_validator(mode="after")
     def _departments_are_topic_safe(self) -> RouterConfig:
@@ -219,7 +248,11 @@ class RouterConfig(_Section):
 
 
 class HttpConfig(_Section):
-    listen: ListenAddress = HostPort("127.0.0.1", 8080)
+    """The process's HTTP server."""
+
+    listen: ListenAddress = Field(
+        default=HostPort("127.0.0.1", 8080), description="/healthz, /readyz, /metrics and /channels/<name>"
+    )
 
 
 class Settings(_Section):
