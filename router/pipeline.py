@@ -27,7 +27,7 @@ from models.config import RouterConfig
 from models.messages import Priority
 from router.escalation import CueMatcher, judge
 from router.features import Features, FeatureSpec, Featurizer, model_input, normalize
-from router.language import LanguageGuess, LanguageIdentifier, general_identifier
+from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
 from router.linear import LinearModel, ModelFileError, softmax
 from router.rules import PRIORITY_ORDER, RuleBook, RuleSet, RuleSource, StaticRules
 
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 AUTO_SUBMITTED = frozenset({"auto-reply", "bounce", "list"})
+SHORT_MESSAGE_WORDS = 4
 UNRESOLVED_HORIZON = timedelta(days=14)
 """How long after the last routed message a return to an unresolved conversation still escalates."""
 
@@ -180,7 +181,7 @@ class Pipeline:
         rules: RuleSet,
         now: datetime,
     ) -> Decision:
-        language = self._with_hint(message, language)
+        language = self._with_hint(message, text, language)
         reasons = [f"language:{language.language}({language.method})"]
         outcome = rules.apply(message, language.language)
         reasons.extend(outcome.reasons)
@@ -218,10 +219,16 @@ class Pipeline:
         return Decision(self._routing(choice, language, escalate, priority, reasons, now))
 
     @staticmethod
-    def _with_hint(message: InboundMessage, guess: LanguageGuess) -> LanguageGuess:
-        """A platform's language hint (e.g. Telegram's ``language_code``) breaks an unsure guess."""
+    def _with_hint(message: InboundMessage, text: str, guess: LanguageGuess) -> LanguageGuess:
+        """A platform's language hint (e.g. Telegram's ``language_code``) settles an unsure guess.
+
+        Unsure means: not read off the script, and either not confident or from a message of a
+        few words, where n-grams say little.
+        """
         hint = message.metadata.get("language_hint")
-        if isinstance(hint, str) and hint and guess.method != "script" and guess.confidence < 0.5:
+        if not isinstance(hint, str) or not hint or guess.method == "script":
+            return guess
+        if guess.confidence < SURE or len(text.split()) < SHORT_MESSAGE_WORDS:
             return LanguageGuess(hint.split("-")[0].lower(), guess.confidence, "hint")
         return guess
 

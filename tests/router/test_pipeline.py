@@ -166,6 +166,12 @@ def test_a_batch_gets_one_decision_per_message_in_order(pipeline: Pipeline) -> N
     assert [d.routing.department for d in decisions[:3]] == singles
 
 
-def test_the_language_hint_settles_an_unsure_guess(pipeline: Pipeline) -> None:
-    routing = _decide(pipeline, "ok", metadata={"language_hint": "tl"}).routing
-    assert routing.language in ("tl", "en")  # only used when the guess is unsure
+def test_the_language_hint_settles_a_short_message(pipeline: Pipeline) -> None:
+    routing = _decide(pipeline, "ok po", metadata={"language_hint": "tl-PH"}).routing
+    assert routing.language == "tl"
+    assert routing.reasons[0] == "language:tl(hint)"
+
+
+def test_the_script_outweighs_the_language_hint(pipeline: Pipeline) -> None:
+    routing = _decide(pipeline, "ஆர்டர் எங்கே", metadata={"language_hint": "en"}).routing
+    assert routing.language == "ta"
