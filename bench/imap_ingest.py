@@ -122,8 +122,8 @@ async def run(args: argparse.Namespace) -> None:
             port=server.port,
             security="none",
             username=server.user,
-            password=server.password,  # type: ignore[arg-type]
-            backfill_since="2000-01-01",  # type: ignore[arg-type]
+            password=server.password,
+            backfill_since="2000-01-01",
             batch_size=args.batch_size,
             attachment_dir=Path(server.directory) / "attachments",
         )

@@ -146,6 +146,13 @@ class ImapConfig(ChannelConfig):
         description="where attachments and quarantined raw mail are kept",
     )
 
+    @field_validator("listen", mode="after")
+    @classmethod
+    def _listens_on_nothing(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("an imap channel connects to its server and listens on nothing")
+        return value
+
     @field_validator("folders", mode="after")
     @classmethod
     def _unique_folders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,13 +188,19 @@ class ImapUnavailable(SwitchboardError):
     retriable = True
 
 
+class _StoreFailed(SwitchboardError):
+    """The attachment store could not keep a mail's bytes: retried, nothing is checkpointed."""
+
+    retriable = True
+
+
 def failure_reason(error: BaseException) -> str:
     """One line saying why a session failed: the single place library errors are translated.
 
     Server texts are quoted as they come (servers do not echo credentials); nothing from the
     configuration but host, port and user name is ever part of a reason.
     """
-    if isinstance(error, ImapUnavailable):
+    if isinstance(error, ImapUnavailable | _StoreFailed):
         return str(error)
     if isinstance(error, LoginError):
         return f"login refused: {_text(error)}"
@@ -308,7 +321,13 @@ class _Summary:
 
 
 def _tls_context(config: ImapConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+    cafile = config.tls_ca_file
+    try:
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except ssl.SSLError:
+        raise ImapUnavailable(f"tls_ca_file {cafile} holds no usable PEM certificate") from None
+    except OSError as error:
+        raise ImapUnavailable(f"cannot read tls_ca_file {cafile}: {error.strerror}") from None
     if not config.tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -560,6 +579,7 @@ class ImapConnector:
         self._executor: ThreadPoolExecutor | None = None
         self._mailboxes: dict[str, _Mailbox] = {}
         self._problems: dict[str, str] = {}
+        self._undelivered: set[str] = set()  # folders whose last failure was the broker's or the store's
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Future[None] | None = None
@@ -679,6 +699,8 @@ class ImapConnector:
                 if self._stopping.is_set():
                     break
                 reason = failure_reason(error)
+                if isinstance(error, SwitchboardError) and not isinstance(error, ImapUnavailable):
+                    self._undelivered.add(folder)
                 delay = backoff.next()
                 self._context.metrics.errored()
                 self._report(folder, f"{reason} (retrying in {delay:.0f}s)")
@@ -707,12 +729,15 @@ class ImapConnector:
             resume_after=checkpoint.uid,
             idle=selected.idle,
         )
+        if folder not in self._undelivered:  # connected: healthy, even in a long backfill
+            self._report(folder, None)
         while not self._stopping.is_set():
             checkpoint = await self._catch_up(mailbox, folder, checkpoint, log)
             if self._stopping.is_set():
                 return
             backoff.reset()
             self._context.metrics.succeeded()
+            self._undelivered.discard(folder)  # a broker failure clears only once mail flows again
             self._report(folder, None)
             await self._wait_for_mail(mailbox, selected.idle)
 
@@ -881,7 +906,7 @@ class ImapConnector:
                     extra_metadata={"imap": {"folder": folder, "uidvalidity": uidvalidity, "uid": uid}},
                 )
             except OSError as error:  # the attachment store: retriable, nothing is checkpointed
-                raise ImapUnavailable(f"attachment store failed: {error.strerror or error}") from error
+                raise _StoreFailed(f"attachment store failed: {error.strerror or error}") from error
             except Exception as error:
                 if not isinstance(error, UnparseableEmail):
                     self._log.error("mail parser failed unexpectedly", uid=uid, exc_info=error)
@@ -930,7 +955,7 @@ class ImapConnector:
                     )
                 )
             except OSError as store_error:
-                raise ImapUnavailable(f"attachment store failed: {store_error.strerror}") from None
+                raise _StoreFailed(f"attachment store failed: {store_error.strerror}") from None
             reason, content_type = f"{error}; whole mail kept at {ref}; {where}", "message/rfc822"
         quarantined = QuarantineItem(
             channel_instance=self.name,

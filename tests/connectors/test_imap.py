@@ -352,6 +352,10 @@ async def test_an_untrusted_certificate_is_refused(harness: Harness) -> None:
     await until(lambda: bool(health.history), what="the first attempt")
     assert not health.ready and "TLS certificate not trusted" in health.reason, health.reason
 
+    # An operator can opt out of verification (a lab server); the connection then works.
+    _, unverified, _ = await harness.start(config.model_copy(update={"name": "lab", "tls_verify": False}))
+    await until(lambda: unverified.ready, what="an unverified TLS session")
+
 
 @pytest.mark.parametrize("source", ["access_token", "token_file"])
 async def test_xoauth2_login(harness: Harness, source: str) -> None:
@@ -523,6 +527,7 @@ def test_config_is_validated_before_any_io() -> None:
         ({**base, "password": "p", "folders": ["INBOX", "INBOX"]}, "unique"),
         ({**base, "password": "p", "security": "ssl"}, "security"),
         ({**base, "password": "p", "pasword": "typo"}, "pasword"),
+        ({**base, "password": "p", "listen": "0.0.0.0:993"}, "listen"),
         ({**base, "oauth2": {}}, "exactly one of access_token and token_file"),
     ]
     for tree, needle in cases:
