@@ -574,7 +574,7 @@ class ImapConnector:
         self.name = config.name
         self.config = config
         self._context = context
-        self._log = context.logger.bind(channel="imap", instance=config.name, server=config.address)
+        self._log = context.logger.bind(instance=config.name, server=config.address)
         self._attachments = attachments or LocalAttachmentStore(config.attachment_dir)
         self._executor: ThreadPoolExecutor | None = None
         self._mailboxes: dict[str, _Mailbox] = {}
@@ -1014,10 +1014,10 @@ def _check(config: ImapConfig) -> str:
         if missing:
             listed = ", ".join(sorted(names)[:20])
             raise ImapUnavailable(f"folder not found: {', '.join(missing)} (the server lists: {listed})")
-        counts = [
-            f"{folder} ({client.folder_status(folder, ['MESSAGES'])[b'MESSAGES']} messages)"
-            for folder in config.folders
-        ]
+        counts = []
+        for folder in config.folders:
+            messages = int(client.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
+            counts.append(f"{folder} ({messages} message{'' if messages == 1 else 's'})")
         idle = config.idle and client.has_capability("IDLE")
     finally:
         _close(client)

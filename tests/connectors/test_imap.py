@@ -503,7 +503,7 @@ async def test_stop_while_idling_is_prompt(harness: Harness) -> None:
 async def test_check_logs_in_and_lists_the_folders(harness: Harness) -> None:
     await harness.append(mail("One"))
     summary = await check(harness.config())
-    assert "INBOX (1 messages)" in summary and harness.server.user in summary
+    assert "INBOX (1 message)" in summary and harness.server.user in summary
 
     with pytest.raises(ImapUnavailable, match="folder not found: Nope"):
         await check(harness.config(folders=["INBOX", "Nope"]))
