@@ -9,12 +9,13 @@ from pathlib import Path
 import structlog
 
 from bus.admin import ensure_topics
+from bus.transactional import resolve_exactly_once
 from connectors.registry import Registry
 from models.config import ChannelConfig, Settings
 from models.topics import Topics
 from switchboard.host import ConnectorHost
 from switchboard.http import HttpServer, build_app
-from switchboard.runtime import Process, resolve_exactly_once, with_embedded_broker
+from switchboard.runtime import Process, with_embedded_broker
 from switchboard.settings import ConfigFileRules
 
 __all__ = ["run_connector", "run_router", "run_up"]

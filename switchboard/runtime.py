@@ -16,13 +16,13 @@ from typing import Protocol
 import structlog
 from prometheus_client import CollectorRegistry
 
-from bus.producer import Producer, supports_transactions
-from models.config import KafkaConfig, Settings
+from bus.producer import Producer
+from models.config import Settings
 from switchboard.embedded import EmbeddedBroker
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness, Supervisor
 
-__all__ = ["Component", "Process", "resolve_exactly_once", "with_embedded_broker"]
+__all__ = ["Component", "Process", "with_embedded_broker"]
 
 _BROKER_PROBE_INTERVAL = 5.0
 
@@ -33,20 +33,6 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-async def resolve_exactly_once(config: KafkaConfig, logger: structlog.typing.FilteringBoundLogger) -> bool:
-    """``delivery: auto`` means exactly once where the broker has transactions."""
-    if config.delivery == "at_least_once":
-        return False
-    supported = await supports_transactions(config)
-    if config.delivery == "exactly_once" and not supported:
-        raise RuntimeError("kafka.delivery is exactly_once but the broker does not support transactions")
-    if not supported:
-        logger.warning(
-            "the broker has no transactions: delivery is at least once (duplicates keep their message_id)"
-        )
-    return supported
 
 
 async def with_embedded_broker(
