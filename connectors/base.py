@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import structlog
 from starlette.types import ASGIApp
 
 from connectors.metrics import ChannelMetrics
 from models import InboundMessage
 from models.quarantine import QuarantineItem
+
+if TYPE_CHECKING:  # importing structlog pulls in rich: config loading should not pay for it
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = [
     "Connector",
@@ -77,7 +79,7 @@ class ConnectorContext:
     health: Health
     metrics: ChannelMetrics
     spawn: Spawn
-    logger: structlog.typing.FilteringBoundLogger
+    logger: FilteringBoundLogger
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 

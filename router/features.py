@@ -23,10 +23,10 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
 
 __all__ = ["FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
 
@@ -38,6 +38,7 @@ _BIGRAM_SALT = np.uint64(0x165667B19E3779F9)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 _SEPARATOR = "\x00"
+SMALL_BATCH = 16
 
 # Punctuation separates words but carries no meaning for routing. Letters, digits and the
 # combining marks of Indic scripts (which str.isalnum() rejects) are kept.
@@ -92,8 +93,22 @@ class Features:
     size: int
     dimensions: int
 
+    def product(self, weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``matrix() @ weights``: each message's feature weights times a ``dimensions x k`` matrix.
+
+        A handful of messages (``classify``) are summed with numpy alone, so a one-off command
+        never pays for importing scipy; batches go through the sparse product, ten times faster.
+        """
+        if self.size > SMALL_BATCH:
+            return np.asarray(self.matrix() @ weights)
+        out = np.zeros((self.size, weights.shape[1]), dtype=np.float32)
+        np.add.at(out, self.documents, weights[self.buckets] * self.weights[:, None])
+        return out
+
     @cached_property
-    def _rows(self) -> sparse.csr_matrix:
+    def _rows(self) -> Any:
+        from scipy import sparse  # imported on the first batch: it costs a third of a second
+
         # Built directly from row pointers: a repeated n-gram stays two entries of the same
         # column, which products sum anyway, and skipping scipy's canonicalisation halves the cost.
         order = np.argsort(self.documents, kind="stable")
@@ -103,7 +118,7 @@ class Features:
             (self.weights[order], self.buckets[order], pointers), shape=(self.size, self.dimensions)
         )
 
-    def matrix(self) -> sparse.csr_matrix:
+    def matrix(self) -> Any:
         """The batch as a sparse ``size x dimensions`` matrix, built once per batch.
 
         Repeated n-grams may appear as separate entries of one column; use
@@ -111,7 +126,7 @@ class Features:
         """
         return self._rows
 
-    def canonical_matrix(self) -> sparse.csr_matrix:
+    def canonical_matrix(self) -> Any:
         """The same matrix with duplicates summed and indices sorted (for training)."""
         matrix = self._rows.copy()
         matrix.sum_duplicates()

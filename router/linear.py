@@ -46,7 +46,7 @@ class LinearModel:
         """Raw class scores, one row per message of the batch."""
         if features.dimensions != self.spec.dimensions:
             raise ValueError("features were hashed for another model")
-        result: npt.NDArray[np.float32] = np.asarray(features.matrix() @ self.weights) + self.bias
+        result: npt.NDArray[np.float32] = features.product(self.weights) + self.bias
         return result
 
     def probabilities(self, features: Features) -> npt.NDArray[np.float32]:

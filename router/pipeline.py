@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
 from models import InboundMessage, Routing
 from models.config import RouterConfig
@@ -29,6 +28,10 @@ from router.escalation import CueMatcher, judge
 from router.features import Features, FeatureSpec, Featurizer, model_input, normalize
 from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
 from router.linear import LinearModel, ModelFileError, softmax
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
 from router.rules import PRIORITY_ORDER, RuleBook, RuleSet, RuleSource, StaticRules
 
 __all__ = [
@@ -138,7 +141,7 @@ class Pipeline:
         for spec, (indexes, weights, bias) in self._stacks.items():
             features = self._featurizers[spec].transform_normalized(texts)
             first = first or features
-            scores = np.asarray(features.matrix() @ weights) + bias
+            scores = features.product(weights) + bias
             column = 0
             for index in indexes:
                 model = self._models[index]
@@ -294,15 +297,14 @@ def build_decider(
     clock: Callable[[], datetime],
     *,
     rules: RuleSource | None = None,
-    logger: structlog.typing.FilteringBoundLogger | None = None,
+    logger: FilteringBoundLogger | None = None,
 ) -> Pipeline:
     """The default pipeline for *config*; loads the models (raises :class:`ModelFileError`)."""
-    log = logger if logger is not None else structlog.get_logger("router")
     return Pipeline(
         config,
         department_model=load_department_model(config),
         language=LanguageIdentifier(LinearModel.load(packaged_model_path("language")), general_identifier()),
         escalation_model=LinearModel.load(packaged_model_path("escalation")),
-        rules=RuleBook(rules if rules is not None else StaticRules(config.rules), log),
+        rules=RuleBook(rules if rules is not None else StaticRules(config.rules), logger),
         clock=clock,
     )

@@ -12,13 +12,14 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import structlog
+from typing import TYPE_CHECKING, Protocol
 
 from models import InboundMessage
 from models.config import RuleConfig
 from models.messages import Priority
+
+if TYPE_CHECKING:  # structlog's import pulls in rich: a third of classify's start-up
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = ["RuleBook", "RuleOutcome", "RuleSet", "RuleSource", "StaticRules"]
 
@@ -174,7 +175,7 @@ class RuleBook:
     """The rules in force, re-read from their source when it changes (checked every ``interval`` s)."""
 
     source: RuleSource
-    logger: structlog.typing.FilteringBoundLogger
+    logger: FilteringBoundLogger | None = None
     interval: float = 2.0
     monotonic: Callable[[], float] = time.monotonic
     _rules: RuleSet = field(init=False)
@@ -194,11 +195,18 @@ class RuleBook:
             self._reload_if_changed()
         return self._rules
 
+    def _log(self) -> FilteringBoundLogger:
+        if self.logger is None:
+            import structlog  # on first use only: a one-off classify never reloads, never logs
+
+            self.logger = structlog.get_logger("router.rules")
+        return self.logger
+
     def _reload_if_changed(self) -> None:
         try:
             version = self.source.version()
         except OSError as error:
-            self.logger.error("routing rules source unreadable; keeping the previous rules", error=str(error))
+            self._log().error("routing rules source unreadable; keeping the previous rules", error=str(error))
             return
         if version == self._version:
             return
@@ -206,7 +214,7 @@ class RuleBook:
         try:
             rules = RuleSet.compile(self.source.load())
         except Exception as error:  # any reason the new rules cannot be used: keep the last good ones
-            self.logger.error("routing rules not reloaded; keeping the previous rules", error=str(error))
+            self._log().error("routing rules not reloaded; keeping the previous rules", error=str(error))
             return
         self._rules = rules
-        self.logger.info("routing rules reloaded", rules=len(rules))
+        self._log().info("routing rules reloaded", rules=len(rules))

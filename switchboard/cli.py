@@ -57,22 +57,16 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from aiokafka.errors import KafkaConnectionError, KafkaError
-
         from models.config import ConfigError
         from models.errors import InvalidInput, SwitchboardError
-        from switchboard.embedded import EmbeddedBrokerUnavailable
-        from switchboard.http import ListenError
 
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
             fail("invalid configuration: " + "; ".join(error.lines))
-        except (ListenError, EmbeddedBrokerUnavailable, InvalidInput) as error:
+        except InvalidInput as error:  # a bad file, a port in use, no embedded broker
             fail(str(error))
-        except KafkaConnectionError as error:
-            fail(f"cannot reach the Kafka broker: {error}", code=1)
-        except (SwitchboardError, KafkaError) as error:
+        except SwitchboardError as error:
             fail(str(error) or type(error).__name__, code=1)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -80,6 +74,15 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             if not (error.name or "").startswith(("router", "connectors")):
                 raise
             fail(f"not available in this build: {error.name} is not installed yet", code=3)
+        except Exception as error:
+            # aiokafka costs a tenth of a second to import; a command that never imported it
+            # cannot have raised one of its errors, so look it up only when it is loaded.
+            kafka_errors = sys.modules.get("aiokafka.errors")
+            if kafka_errors is None or not isinstance(error, kafka_errors.KafkaError):
+                raise
+            if isinstance(error, kafka_errors.KafkaConnectionError):
+                fail(f"cannot reach the Kafka broker: {error}", code=1)
+            fail(str(error) or type(error).__name__, code=1)
 
     return wrapper
 

@@ -17,13 +17,15 @@ import sys
 
 import structlog
 
+from models.errors import InvalidInput
+
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerUnavailable"]
 
 _PREFERRED_PORT = 9092
 _PR_SET_PDEATHSIG = 1
 
 
-class EmbeddedBrokerUnavailable(RuntimeError):
+class EmbeddedBrokerUnavailable(InvalidInput):
     pass
 
 

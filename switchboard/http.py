@@ -17,12 +17,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.config import HostPort
+from models.errors import InvalidInput
 from switchboard.supervision import Readiness
 
 __all__ = ["HttpServer", "ListenError", "build_app"]
 
 
-class ListenError(RuntimeError):
+class ListenError(InvalidInput):
     """The configured address cannot be bound (in use, not permitted, unknown host)."""
 
 
