@@ -89,6 +89,8 @@ class Connector(Protocol):
 
     ``start`` returns once the connector accepts traffic. ``stop`` is idempotent: it stops
     taking new input, lets in-flight messages finish within a few seconds, then returns.
+    A connector runs once: ``start`` after ``stop`` takes no traffic and acknowledges nothing
+    (the host builds a new instance to restart a channel).
     """
 
     name: str
