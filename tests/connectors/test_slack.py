@@ -20,14 +20,10 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 
-from bus.admin import partitions_of
-from bus.consumer import behind
-from bus.options import client_options
 from bus.state import KafkaStateStore, read_compacted
 from connectors.base import ConnectorContext
 from connectors.signatures import sign_slack
@@ -50,6 +46,8 @@ from models.ids import message_id
 from models.topics import Topics
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness
+from tests.brokers import OwnBroker, outage_rig, running_broker
+from tests.connectors.fixtures.harness import inbound
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -336,33 +334,6 @@ async def test_check_reports_the_bot_identity_and_socket_grant() -> None:
 Read = Callable[[KafkaConfig, str, int], Awaitable[list[Any]]]
 
 
-async def inbound_records(config: KafkaConfig, topic: str) -> list[InboundMessage]:
-    """Every record on *topic* up to its current end: an exact count, no waiting for more."""
-    consumer = AIOKafkaConsumer(
-        **client_options(config), enable_auto_commit=False, isolation_level="read_committed"
-    )
-    await consumer.start()
-    try:
-        partitions = await partitions_of(config, [topic])
-        for _ in range(50):  # a topic created a moment ago may not be described yet
-            if partitions:
-                break
-            await asyncio.sleep(0.2)
-            partitions = await partitions_of(config, [topic])
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[InboundMessage] = []
-        async with asyncio.timeout(30):
-            while await behind(consumer, ends):
-                for batch in (await consumer.getmany(timeout_ms=300)).values():
-                    records.extend(InboundMessage.from_json_bytes(r.value) for r in batch)
-        return records
-    finally:
-        await asyncio.sleep(0)
-        await consumer.stop()
-
-
 class Slack:
     """Plays Slack against a running channel: signs and posts Events API requests."""
 
@@ -447,7 +418,7 @@ async def test_signature_failures_are_401_and_publish_nothing(
     assert stale.json()["error"] == "stale_timestamp"
     assert unsigned.json()["error"] == "missing_signature"
     assert wrong.json()["error"] == "bad_signature"
-    assert await inbound_records(kafka_config, topics.inbound) == []
+    assert await inbound(kafka_config, topics.inbound) == []
 
 
 async def test_each_customer_message_is_one_record_whatever_slack_repeats(
@@ -491,7 +462,7 @@ async def test_each_customer_message_is_one_record_whatever_slack_repeats(
         "channel_join": "ignored",
         "message_changed_unfurl": "ignored",
     }
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     by_native = {r.native_id: r for r in records}
     assert len(records) == len(by_native) == 7
     assert set(by_native) == {
@@ -526,7 +497,7 @@ async def test_a_retry_during_the_first_attempt_waits_for_it_and_makes_no_second
     assert (await first).status_code == 200 and retry.status_code == 200
     assert {(await first).json()["outcome"], retry.json()["outcome"]} == {"published", "duplicate"}
     assert publishes == 1
-    assert len(await inbound_records(kafka_config, topics.inbound)) == 1
+    assert len(await inbound(kafka_config, topics.inbound)) == 1
 
 
 async def test_broker_failure_is_503_then_slacks_retry_is_published_once(
@@ -543,12 +514,12 @@ async def test_broker_failure_is_503_then_slacks_retry_is_published_once(
     down = await slack.post(fixture("message_im"))
     assert down.status_code == 503
     assert down.headers["Retry-After"] == "1"
-    assert await inbound_records(kafka_config, topics.inbound) == []
+    assert await inbound(kafka_config, topics.inbound) == []
     broker_up = True
     first_retry = await slack.post(fixture("message_im"), retry=1)
     second_retry = await slack.post(fixture("message_im"), retry=2)
     assert (first_retry.json()["outcome"], second_retry.json()["outcome"]) == ("published", "duplicate")
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.native_id for r in records] == ["D024BE91L:1700000400.000300"]
 
 
@@ -589,7 +560,7 @@ async def test_sender_names_come_from_the_injected_client(
     assert (await slack.post(fixture("message_channel"))).status_code == 200
     assert (await slack.post(fixture("message_thread_reply"))).status_code == 200
     assert (await slack.post(fixture("message_channel"), retry=1)).json()["outcome"] == "duplicate"
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.sender.name for r in records] == ["Kumar", "Kumar"]
     assert api.calls == ["U123ABC456"]  # cached; no look-up for the retry
 
@@ -610,7 +581,7 @@ async def test_processed_ids_survive_a_restart_of_the_connector(
     restored.restore(await read_compacted(kafka_config, topics.state))
     second = await serve_slack(slack_context(connector_context, state=restored))
     assert (await second.post(fixture("message_channel"), retry=3)).json()["outcome"] == "duplicate"
-    assert len(await inbound_records(kafka_config, topics.inbound)) == 1
+    assert len(await inbound(kafka_config, topics.inbound)) == 1
 
 
 # ------------------------------------------------------ the Web API client, against a stand-in
@@ -792,7 +763,7 @@ async def test_socket_mode_acks_each_envelope_after_its_record_is_durable(
             assert await next_ack(fake) == "env-4"
         finally:
             await connector.stop()
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert sorted(r.native_id for r in records) == [
         "C123ABC456:1700000300.000200",
         "C123ABC456:1700002000.002000",
@@ -872,7 +843,7 @@ async def test_socket_mode_through_the_sdk_client_end_to_end(
         finally:
             await connector.stop()
     assert [name for name, _ in calls] == ["apps.connections.open", "users.info"]
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [(r.native_id, r.sender.name) for r in records] == [("C123ABC456:1700002000.002000", "Kumar R")]
 
 
@@ -889,55 +860,11 @@ async def test_socket_mode_only_channel_refuses_http_events(
 
 # --------------------------------------------------------------- a real broker outage
 
-KAFKA_SH = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka.sh"
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (the broker's controller listens on PORT+1)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair")
-
-
-class OwnBroker:
-    """A broker this test may stop and start (``deploy/kafka/kafka.sh``)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port_pair()
-        self.directory = directory
-
-    async def _run(self, *args: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            "bash", str(KAFKA_SH), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        output = (await asyncio.wait_for(process.communicate(), 180))[0].decode()
-        assert process.returncode == 0, output
-
-    async def start(self) -> None:
-        await self._run("start", str(self.port), str(self.directory))
-
-    async def stop(self) -> None:
-        await self._run("stop", str(self.directory))
-
 
 @pytest.fixture
 async def own_broker(tmp_path: Path) -> AsyncIterator[OwnBroker]:
-    broker = OwnBroker(tmp_path / "kafka")
-    await broker.start()
-    try:
+    async with running_broker(tmp_path / "kafka") as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 def numbered_event(n: int) -> dict[str, Any]:
@@ -949,40 +876,12 @@ def numbered_event(n: int) -> dict[str, Any]:
 
 
 async def test_broker_outage_slack_gets_503s_and_after_its_retries_every_message_is_there(
-    own_broker: OwnBroker, tmp_path: Path, serve_slack: Any
+    own_broker: OwnBroker, serve_slack: Any
 ) -> None:
-    from bus.admin import ensure_topics
-    from bus.producer import Producer
-    from bus.publisher import InboundPublisher
-    from connectors.metrics import ChannelMetricFamilies
-    from switchboard.supervision import Supervisor
-
-    kafka_config = KafkaConfig(
-        bootstrap=f"127.0.0.1:{own_broker.port}",
-        topic_prefix="slackoutage",
-        partitions=2,
-        publish_timeout_s=2.0,
-        request_timeout_ms=3000,
-    )
-    topics = Topics(kafka_config.topic_prefix)
-    await ensure_topics(kafka_config, topics.all(["general"]))
-    producer = Producer(kafka_config, idempotent=True)
-    await producer.start()
-    readiness = Readiness()
-    logger = structlog.get_logger("test")
-    supervisor = Supervisor(readiness, logger)
-    publisher = InboundPublisher(producer, topics, kafka_config.max_record_bytes)
-    context = ConnectorContext(
-        publish=publisher.publish,
-        quarantine=publisher.quarantine,
-        state=KafkaStateStore(producer, topics.state, INSTANCE),
-        health=readiness.component(INSTANCE),
-        metrics=ChannelMetricFamilies(CollectorRegistry()).bind("slack", INSTANCE),
-        spawn=supervisor.spawn,
-        logger=logger,
-    )
-    try:
-        slack = await serve_slack(context)
+    async with outage_rig(
+        own_broker, topic_prefix="slackoutage", channel="slack", instance=INSTANCE, idempotent=True
+    ) as outage:
+        slack = await serve_slack(outage.context)
         accepted: dict[str, str] = {}  # native id -> message_id of every event answered 200
         for n in range(5):
             answer = await slack.post(numbered_event(n))
@@ -1010,10 +909,7 @@ async def test_broker_outage_slack_gets_503s_and_after_its_retries_every_message
             if pending:
                 await asyncio.sleep(1)
         assert pending == []
-        records = await inbound_records(kafka_config, topics.inbound)
-    finally:
-        await supervisor.stop()
-        await producer.stop()
+        records = await inbound(outage.config, outage.topics.inbound)
     ids_by_native: dict[str, set[str]] = {}
     for message in records:
         ids_by_native.setdefault(message.native_id, set()).add(message.message_id)

@@ -15,16 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bus.admin import partitions_of
-from bus.consumer import behind
-from bus.options import client_options
 from connectors.base import ConnectorContext
 from connectors.webchat import CHANNEL_TYPE, WebchatConfig, WebchatConnector, check, normalize_origin
 from models import InboundMessage
@@ -33,37 +28,11 @@ from models.errors import PublishError
 from models.topics import Topics
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness
-from tests.connectors.test_slack import OwnBroker
+from tests.brokers import OwnBroker, outage_rig, running_broker
+from tests.connectors.fixtures.harness import inbound
 
 INSTANCE = "website-chat"
 ORIGIN = "https://shop.example.com"
-
-
-async def inbound_records(config: KafkaConfig, topic: str) -> list[InboundMessage]:
-    """Every record on *topic* up to its current end: an exact count, no waiting for more."""
-    consumer = AIOKafkaConsumer(
-        **client_options(config), enable_auto_commit=False, isolation_level="read_committed"
-    )
-    await consumer.start()
-    try:
-        partitions = await partitions_of(config, [topic])
-        for _ in range(50):  # a topic created a moment ago may not be described yet
-            if partitions:
-                break
-            await asyncio.sleep(0.2)
-            partitions = await partitions_of(config, [topic])
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[InboundMessage] = []
-        async with asyncio.timeout(30):
-            while await behind(consumer, ends):
-                for batch in (await consumer.getmany(timeout_ms=300)).values():
-                    records.extend(InboundMessage.from_json_bytes(r.value) for r in batch)
-        return records
-    finally:
-        await asyncio.sleep(0)
-        await consumer.stop()
 
 
 @dataclasses.dataclass
@@ -183,7 +152,7 @@ async def test_messages_are_acked_after_publish_and_land_on_inbound(
         second = await frame(ws)
         assert second["type"] == "ack" and second["id"] == "m-2"
 
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.text for r in records] == ["Where is my order 4471?", "நான் காத்திருக்கிறேன்"]
     first = records[0]
     assert first.message_id == ack["message_id"]
@@ -219,7 +188,7 @@ async def test_a_resent_client_id_is_the_same_message_and_one_record_even_after_
         fourth = await frame(ws)
     assert third["message_id"] == first["message_id"] and third["duplicate"] is True
     assert fourth["duplicate"] is False
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.message_id for r in records] == [first["message_id"], fourth["message_id"]]
     assert len({r.conversation_id for r in records}) == 1  # the session is the conversation
 
@@ -246,7 +215,7 @@ async def test_a_resend_while_the_first_is_publishing_shares_its_outcome(
     assert {a["type"] for a in acks} == {"ack"}
     assert acks[0]["message_id"] == acks[1]["message_id"]
     assert publishes == 1
-    assert len(await inbound_records(kafka_config, topics.inbound)) == 1
+    assert len(await inbound(kafka_config, topics.inbound)) == 1
 
 
 async def test_broker_down_is_an_unavailable_frame_and_the_retry_is_published_once(
@@ -271,14 +240,14 @@ async def test_broker_down_is_an_unavailable_frame_and_the_retry_is_published_on
             "id": "m1",
             "retry_after": 1.0,
         }
-        assert await inbound_records(kafka_config, topics.inbound) == []
+        assert await inbound(kafka_config, topics.inbound) == []
         broker_up = True
         await send(ws, type="message", id="m1", text="Is anyone there?")
         ack = await frame(ws)
         assert ack["type"] == "ack" and ack["duplicate"] is False
         await send(ws, type="message", id="m1", text="Is anyone there?")
         assert (await frame(ws))["duplicate"] is True
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.message_id for r in records] == [ack["message_id"]]
 
 
@@ -528,13 +497,13 @@ async def test_the_widget_delivers_in_order_and_a_reload_resends_what_was_not_ac
     )
     # First visit: two messages typed, the broker does not confirm, the tab is closed.
     await run_widget(tmp_path, chat, ["Hola, mi pedido no llegó", "Es el pedido 5120"], kill_after_ms=1500)
-    assert await inbound_records(kafka_config, topics.inbound) == []
+    assert await inbound(kafka_config, topics.inbound) == []
     release.set()
     # The page is opened again: the widget resends the outbox by itself, in order, same ids.
     state = await run_widget(tmp_path, chat, [], wait_ms=4000)
     assert state["outbox"] == []
     assert [entry["status"] for entry in state["log"]] == ["sent", "sent"]
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert [r.text for r in records] == ["Hola, mi pedido no llegó", "Es el pedido 5120"]
     assert {r.sender.name for r in records} == {"Lucía"}
     assert {r.metadata["language_hint"] for r in records} == {"es"}
@@ -542,7 +511,7 @@ async def test_the_widget_delivers_in_order_and_a_reload_resends_what_was_not_ac
     # A third visit resumes the same conversation.
     later = await run_widget(tmp_path, chat, ["¿Alguna novedad?"], wait_ms=2000)
     assert later["session"] == state["session"]
-    records = await inbound_records(kafka_config, topics.inbound)
+    records = await inbound(kafka_config, topics.inbound)
     assert len(records) == 3 and len({r.conversation_id for r in records}) == 1
 
 
@@ -551,50 +520,17 @@ async def test_the_widget_delivers_in_order_and_a_reload_resends_what_was_not_ac
 
 @pytest.fixture
 async def own_broker(tmp_path: Path) -> AsyncIterator[OwnBroker]:
-    broker = OwnBroker(tmp_path / "kafka")
-    await broker.start()
-    try:
+    async with running_broker(tmp_path / "kafka") as broker:
         yield broker
-    finally:
-        await broker.stop()
 
 
 async def test_broker_outage_the_widget_protocol_gets_unavailable_and_loses_nothing(
     own_broker: OwnBroker, serve_chat: Any
 ) -> None:
-    from bus.admin import ensure_topics
-    from bus.producer import Producer
-    from bus.publisher import InboundPublisher
-    from bus.state import KafkaStateStore
-    from connectors.metrics import ChannelMetricFamilies
-    from switchboard.supervision import Supervisor
-
-    kafka_config = KafkaConfig(
-        bootstrap=f"127.0.0.1:{own_broker.port}",
-        topic_prefix="chatoutage",
-        partitions=2,
-        publish_timeout_s=2.0,
-        request_timeout_ms=3000,
-    )
-    topics = Topics(kafka_config.topic_prefix)
-    await ensure_topics(kafka_config, topics.all(["general"]))
-    producer = Producer(kafka_config, idempotent=True)
-    await producer.start()
-    readiness = Readiness()
-    logger = structlog.get_logger("test")
-    supervisor = Supervisor(readiness, logger)
-    publisher = InboundPublisher(producer, topics, kafka_config.max_record_bytes)
-    context = ConnectorContext(
-        publish=publisher.publish,
-        quarantine=publisher.quarantine,
-        state=KafkaStateStore(producer, topics.state, INSTANCE),
-        health=readiness.component(INSTANCE),
-        metrics=ChannelMetricFamilies(CollectorRegistry()).bind("webchat", INSTANCE),
-        spawn=supervisor.spawn,
-        logger=logger,
-    )
-    try:
-        chat = await serve_chat(context, publish_deadline=2.0, message_burst=100)
+    async with outage_rig(
+        own_broker, topic_prefix="chatoutage", channel="webchat", instance=INSTANCE, idempotent=True
+    ) as outage:
+        chat = await serve_chat(outage.context, publish_deadline=2.0, message_burst=100)
         acked: dict[str, str] = {}  # client id -> message_id
         async with chat.open() as ws:
             await hello(ws)
@@ -623,10 +559,7 @@ async def test_broker_outage_the_widget_protocol_gets_unavailable_and_loses_noth
                     assert answer["code"] == "unavailable"
                     await asyncio.sleep(answer["retry_after"])
             assert pending == []
-        records = await inbound_records(kafka_config, topics.inbound)
-    finally:
-        await supervisor.stop()
-        await producer.stop()
+        records = await inbound(outage.config, outage.topics.inbound)
     ids: dict[str, set[str]] = {}
     for message in records:
         ids.setdefault(message.native_id.rsplit(":", 1)[1], set()).add(message.message_id)
