@@ -2,7 +2,7 @@
 
 Shared by every email channel (SMTP, IMAP, quarantine reprocessing). Pure: it opens no socket
 and no file; attachment bytes go through the :class:`~connectors.attachments.AttachmentStore`
-it is handed. Guarantees:
+it is handed (:func:`reparse`, for ``quarantine reprocess``, hands it a local one). Guarantees:
 
 * **Never crashes on bad mail.** Any declared charset, known, misspelled or bogus, decodes
   (declared charset, then UTF-8, then Windows-1252, replacing what is left); 8-bit headers and
@@ -49,10 +49,11 @@ from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
+from pathlib import Path
 
 from pydantic import JsonValue
 
-from connectors.attachments import AttachmentStore, save_attachment
+from connectors.attachments import AttachmentStore, LocalAttachmentStore, save_attachment
 from models import Attachment, InboundMessage, Sender
 from models.errors import SwitchboardError
 from models.ids import conversation_id, message_id, stable_digest
@@ -68,6 +69,7 @@ __all__ = [
     "decode_header_value",
     "html_to_text",
     "message_from_email",
+    "reparse",
     "reply_text",
 ]
 
@@ -1027,3 +1029,19 @@ def message_from_email(
         metadata=metadata,
     )
     return fit_to_size(record, max_record_bytes)
+
+
+def reparse(raw: bytes, *, channel_instance: str, attachment_dir: Path) -> InboundMessage:
+    """``quarantine reprocess`` for a mail channel: parse a kept mail again, received now.
+
+    No envelope was kept with the mail, so the record is built from its headers alone; the
+    same bytes give the same ``message_id`` as the first parse. Attachments are stored under
+    *attachment_dir*, as the channel stores them.
+    """
+    return message_from_email(
+        raw,
+        channel_instance=channel_instance,
+        received_at=datetime.now(UTC),
+        envelope=EmailEnvelope(),
+        attachments=LocalAttachmentStore(attachment_dir),
+    )

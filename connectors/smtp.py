@@ -36,7 +36,7 @@ from pydantic import ConfigDict, Field, JsonValue, SecretStr, field_validator, m
 
 from connectors.attachments import AttachmentStore, LocalAttachmentStore
 from connectors.base import ConnectorContext
-from connectors.mail import EmailEnvelope, UnparseableEmail, message_from_email
+from connectors.mail import EmailEnvelope, UnparseableEmail, message_from_email, reparse
 from connectors.mailauth import DnsPythonResolver, MailAuthenticator, Resolver
 from connectors.registry import ChannelType
 from models import InboundMessage
@@ -663,13 +663,7 @@ async def check(config: SmtpConfig) -> str:
 
 def reprocess(config: SmtpConfig, raw: bytes) -> InboundMessage:
     """``quarantine reprocess``: parse a kept mail again (the SMTP envelope is not kept)."""
-    return message_from_email(
-        raw,
-        channel_instance=config.name,
-        received_at=datetime.now(UTC),
-        envelope=EmailEnvelope(),
-        attachments=LocalAttachmentStore(config.attachment_dir),
-    )
+    return reparse(raw, channel_instance=config.name, attachment_dir=config.attachment_dir)
 
 
 CHANNEL_TYPE = ChannelType(

@@ -291,6 +291,32 @@ async def test_attachments_are_stored_before_the_record_is_published(
     assert stored.read_bytes() == photo
 
 
+async def test_reprocess_parses_a_kept_mail_again_with_its_id_and_attachments(
+    server: Start, tmp_path: Path, read: Read, kafka_config: KafkaConfig, created_topics: Topics
+) -> None:
+    connector = await server()
+    message = EmailMessage()
+    message["From"] = f"Kumar <{SENDER}>"
+    message["To"] = f"support@{DOMAIN}"
+    message["Subject"] = "Receipt for order 4471"
+    message.set_content("The receipt is attached.")
+    receipt = b"%PDF-1.4\n" + bytes(range(256)) * 8
+    message.add_attachment(receipt, maintype="application", subtype="pdf", filename="receipt.pdf")
+    raw = message.as_bytes()
+    assert (await send_once(connector, raw))[0] == 250
+    [record] = await inbound(read, kafka_config, created_topics, 1)
+    assert CHANNEL_TYPE.reprocess is not None
+    again = CHANNEL_TYPE.reprocess(connector.config, raw)
+    assert (again.message_id, again.channel_instance) == (record.message_id, "support-mail")
+    assert (again.subject, again.text) == (record.subject, record.text)
+    assert again.auth == {} and again.received_at >= record.received_at  # no envelope, parsed now
+    [attachment] = again.attachments
+    assert attachment.ref is not None and attachment.sha256 == record.attachments[0].sha256
+    stored = Path(url2pathname(urlparse(attachment.ref).path))
+    assert stored.is_relative_to((tmp_path / "attachments").resolve())
+    assert stored.read_bytes() == receipt
+
+
 async def test_a_null_sender_bounce_is_marked(
     server: Start, read: Read, kafka_config: KafkaConfig, created_topics: Topics
 ) -> None:
