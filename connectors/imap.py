@@ -4,8 +4,11 @@ One connection per configured folder, each run by a synchronous imapclient sessi
 thread of the connector's own pool (so idling folders never starve the process's default pool).
 Its guarantees:
 
-* The folder is opened read-only (EXAMINE) and mail is fetched with ``BODY.PEEK[]``: the
-  mailbox is never changed, ``\\Seen`` included.
+* Mail is fetched with ``BODY.PEEK[]``, so fetching never changes a flag. Without a post-action
+  the folder is opened read-only (EXAMINE) and the mailbox is never changed. With one (flag
+  ``\\Seen``, move to ``move_to``, or delete when ``allow_delete`` says so) the folder is opened
+  read-write, and that action is the only change: applied to mail once it is published and
+  checkpointed, never retried, so a failure (logged and counted) cannot cause a duplicate.
 * Position is a checkpoint per folder in ``ctx.state`` (UIDVALIDITY, last UID handled). It is
   written only after every record up to that UID is confirmed by the broker (or quarantined),
   so a crash repeats at most one batch, and a repeat carries the same ``message_id``.
@@ -19,7 +22,9 @@ Its guarantees:
 * New mail is noticed with IDLE when the server offers it (re-issued every ``idle_renew``
   seconds, below the 29 minutes RFC 2177 allows), otherwise by polling every ``poll_interval``.
 * A lost connection is re-opened with capped exponential backoff; health is failing, with the
-  reason, while any folder is disconnected. Passwords and tokens never reach a log or a reason.
+  reason, while any folder is disconnected or has gone ``staleness`` seconds without a
+  successful fetch (IDLE is renewed at least every ``staleness / 2`` seconds, which proves it
+  alive). Passwords and tokens never reach a log or a reason.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from imapclient import IMAPClient, SocketTimeout
+from imapclient import DELETED, SEEN, IMAPClient, SocketTimeout
 from imapclient.exceptions import CapabilityError, LoginError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -78,6 +83,11 @@ _RESCAN_MARGIN = timedelta(days=2)  # SINCE is a date in the server's time zone
 
 
 # ------------------------------------------------------------------------------ config
+
+
+def _comparable(folder: str) -> str:
+    """Folder names compare exactly, except INBOX, which is case-insensitive (RFC 3501)."""
+    return "INBOX" if folder.upper() == "INBOX" else folder
 
 
 class OAuth2Settings(BaseModel):
@@ -145,6 +155,23 @@ class ImapConfig(ChannelConfig):
         default=Path("./switchboard-data/attachments"),
         description="where attachments and quarantined raw mail are kept",
     )
+    post_action: Literal["none", "seen", "move", "delete"] = Field(
+        default="none",
+        description=(
+            "after a mail is published and checkpointed: leave it (none), flag it \\Seen, move it "
+            "to move_to, or delete it (only with allow_delete)"
+        ),
+    )
+    move_to: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="target folder of post_action: move"
+    )
+    allow_delete: bool = Field(default=False, description="must be true for post_action: delete")
+    staleness: float = Field(
+        default=900.0,
+        ge=1,
+        le=86400,
+        description="seconds a folder may go without a successful fetch before /readyz fails",
+    )
 
     @field_validator("listen", mode="after")
     @classmethod
@@ -168,6 +195,17 @@ class ImapConfig(ChannelConfig):
             raise ValueError("set exactly one of password and oauth2")
         if self.reconnect_min > self.reconnect_max:
             raise ValueError("reconnect_min must not exceed reconnect_max")
+        if self.post_action == "move":
+            if self.move_to is None:
+                raise ValueError("move_to is required for post_action: move (the target folder)")
+            if _comparable(self.move_to) in {_comparable(folder) for folder in self.folders}:
+                raise ValueError("move_to must not be a followed folder: moved mail would be taken again")
+        elif self.move_to is not None:
+            raise ValueError("move_to is only used with post_action: move")
+        if self.post_action == "delete" and not self.allow_delete:
+            raise ValueError("deleting mail on the server (post_action: delete) needs allow_delete: true")
+        if self.staleness <= self.poll_interval:
+            raise ValueError("staleness must exceed poll_interval, or polling alone would look stale")
         return self
 
     @property
@@ -307,6 +345,9 @@ class Checkpoint:
 # ------------------------------------------------------------------------ IMAP session
 
 
+_MoveMethod = Literal["move", "copy-expunge", "copy-seen"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Selected:
     uidvalidity: int
@@ -388,7 +429,8 @@ def _close(client: Any) -> None:
 
 
 class _Mailbox:
-    """One connection with one folder selected read-only.
+    """One connection with one folder selected: read-only (EXAMINE), or read-write (SELECT)
+    when a post-action is configured, which is then the only change ever made.
 
     Blocking, and used from worker threads: every step holds a lock, so a close issued while
     a cancelled step still runs waits for it. :meth:`interrupt` takes no lock: it exists to
@@ -401,16 +443,27 @@ class _Mailbox:
         self._client: Any = None
         self._idling = False
         self._lock = threading.Lock()
+        self.move_method: _MoveMethod = "move"
+        self.uid_expunge = True
+
+    @property
+    def read_only(self) -> bool:
+        return self._config.post_action == "none"
 
     def open(self) -> _Selected:
         with self._lock:
             self._client = _login(self._config)
-            info = self._client.select_folder(self._folder, readonly=True)
+            info = self._client.select_folder(self._folder, readonly=self.read_only)
             uidvalidity = int(info[b"UIDVALIDITY"])
             uidnext = info.get(b"UIDNEXT")
             if uidnext is None:  # optional in the SELECT answer: derive it from the newest UID
                 uidnext = self._highest_uid() + 1
             idle = self._config.idle and self._client.has_capability("IDLE")
+            self.uid_expunge = bool(self._client.has_capability("UIDPLUS"))
+            if self._client.has_capability("MOVE"):
+                self.move_method = "move"
+            else:
+                self.move_method = "copy-expunge" if self.uid_expunge else "copy-seen"
             return _Selected(uidvalidity, int(uidnext), bool(idle))
 
     def highest_uid(self) -> int:
@@ -455,6 +508,38 @@ class _Mailbox:
                 if key.startswith(b"BODY[HEADER]"):
                     return bytes(value)
         return b""
+
+    def post_action(self, uids: Sequence[int]) -> None:
+        """Apply the configured post-action to *uids*; raises what the server or the
+        connection raised (the caller decides what a failure means).
+
+        ``move`` is UID MOVE; without MOVE it is COPY, ``\\Deleted`` and UID EXPUNGE of
+        exactly these UIDs (UIDPLUS); without UIDPLUS either it is COPY and ``\\Seen``, the
+        original left in place: a plain EXPUNGE would also remove mail that other clients
+        flagged ``\\Deleted``. ``delete`` without UIDPLUS likewise only flags ``\\Deleted``.
+        """
+        action, messages = self._config.post_action, list(uids)
+        with self._lock:
+            client = self._client
+            if action == "seen":
+                client.add_flags(messages, [SEEN], silent=True)
+            elif action == "move":
+                if self.move_method == "move":
+                    client.move(messages, self._config.move_to)
+                    return
+                client.copy(messages, self._config.move_to)
+                self._remove(client, messages, fallback=SEEN)
+            elif action == "delete":
+                self._remove(client, messages, fallback=None)
+
+    def _remove(self, client: Any, messages: list[int], fallback: bytes | None) -> None:
+        """``\\Deleted`` and UID EXPUNGE of *messages* only; without UIDPLUS, *fallback*
+        (or ``\\Deleted`` alone) and no EXPUNGE at all."""
+        if self.uid_expunge:
+            client.add_flags(messages, [DELETED], silent=True)
+            client.uid_expunge(messages)
+        else:
+            client.add_flags(messages, [fallback or DELETED], silent=True)
 
     def noop(self) -> None:
         with self._lock:
@@ -580,6 +665,8 @@ class ImapConnector:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._problems: dict[str, str] = {}
         self._undelivered: set[str] = set()  # folders whose last failure was the broker's or the store's
+        self._fetched: dict[str, float] = {}  # folder -> monotonic time of its last successful fetch
+        self._stale: dict[str, str] = {}  # folder -> why it counts as stale
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Future[None] | None = None
@@ -599,6 +686,8 @@ class ImapConnector:
             max_workers=2 * len(self.config.folders), thread_name_prefix=f"imap-{self.name}"
         )
         self._problems = {folder: "connecting" for folder in self.config.folders}
+        now = time.monotonic()
+        self._fetched = dict.fromkeys(self.config.folders, now)  # the staleness clock starts now
         await self._context.spawn(f"channel:{self.name}", self._run())
         self._log.info("imap starting", folders=list(self.config.folders), security=self.config.security)
         if self.config.security == "none":
@@ -630,22 +719,57 @@ class ImapConnector:
         async with asyncio.TaskGroup() as group:
             for folder in self.config.folders:
                 group.create_task(self._follow(folder), name=f"channel:{self.name}:{folder}")
+            group.create_task(self._watch_staleness(), name=f"channel:{self.name}:staleness")
 
     # ----------------------------------------------------------------------- health
 
     def _report(self, folder: str, problem: str | None) -> None:
-        """Health is ok only while every folder is connected and caught up."""
+        """Record *folder*'s session problem (``None``: connected) and publish health."""
         if problem is None:
             self._problems.pop(folder, None)
         else:
             self._problems[folder] = problem
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        """Health is ok only while every folder is connected and fetched within ``staleness``;
+        the error metric says the same (a publish elsewhere must not clear it)."""
         if self._stopping.is_set():
             return
-        if self._problems:
-            reasons = "; ".join(f"{name}: {why}" for name, why in sorted(self._problems.items()))
-            self._context.health.failing(f"imap {self.config.address}: {reasons}")
-        else:
+        failing = sorted(set(self._problems) | set(self._stale))
+        if not failing:
             self._context.health.ok()
+            return
+        self._context.metrics.errored()
+        reasons = "; ".join(f"{folder}: {self._why(folder)}" for folder in failing)
+        self._context.health.failing(f"imap {self.config.address}: {reasons}")
+
+    def _why(self, folder: str) -> str:
+        return "; ".join(why for why in (self._stale.get(folder), self._problems.get(folder)) if why)
+
+    def _fetched_now(self, folder: str) -> None:
+        """A fetch of *folder* worked (or it was caught up and idling): the staleness clock
+        restarts, and ``/metrics`` gets the time."""
+        self._fetched[folder] = time.monotonic()
+        self._context.metrics.succeeded()
+        self._stale.pop(folder, None)
+        self._publish_health()
+
+    async def _watch_staleness(self) -> None:
+        """Every few seconds, mark folders stale that went ``staleness`` seconds without a
+        successful fetch (and their reason's age current), until the connector stops."""
+        limit = self.config.staleness
+        while not self._stopping.is_set():
+            await self._pause(min(5.0, limit / 4))
+            now = time.monotonic()
+            stale = {
+                folder: f"no successful fetch for {now - fetched:.0f} s"
+                for folder, fetched in self._fetched.items()
+                if now - fetched > limit
+            }
+            if stale or self._stale:
+                self._stale = stale
+                self._publish_health()
 
     # ---------------------------------------------------------------------- helpers
 
@@ -728,7 +852,10 @@ class ImapConnector:
             uidnext=selected.uidnext,
             resume_after=checkpoint.uid,
             idle=selected.idle,
+            post_action=self.config.post_action,
+            **({"move_method": mailbox.move_method} if self.config.post_action == "move" else {}),
         )
+        self._warn_about_post_action(mailbox, log)
         if folder not in self._undelivered:  # connected: healthy, even in a long backfill
             self._report(folder, None)
         while not self._stopping.is_set():
@@ -736,10 +863,22 @@ class ImapConnector:
             if self._stopping.is_set():
                 return
             backoff.reset()
-            self._context.metrics.succeeded()
             self._undelivered.discard(folder)  # a broker failure clears only once mail flows again
-            self._report(folder, None)
+            self._problems.pop(folder, None)
+            self._fetched_now(folder)
             await self._wait_for_mail(mailbox, selected.idle)
+
+    def _warn_about_post_action(self, mailbox: _Mailbox, log: Any) -> None:
+        """Say so when the server cannot do the configured post-action fully."""
+        action = self.config.post_action
+        if action == "move" and mailbox.move_method == "copy-seen":
+            log.warning(
+                "imap server has neither MOVE nor UIDPLUS: moved mail is copied to move_to and "
+                "flagged \\Seen, the original stays in the folder",
+                move_to=self.config.move_to,
+            )
+        elif action == "delete" and not mailbox.uid_expunge:
+            log.warning("imap server lacks UIDPLUS: deleted mail is only flagged \\Deleted, not expunged")
 
     async def _start_position(self, folder: str, selected: _Selected, log: Any) -> Checkpoint:
         """The checkpoint to resume from, written at once when it is new (so the start
@@ -815,7 +954,7 @@ class ImapConnector:
         """
         config = self.config
         uidvalidity = checkpoint.uidvalidity
-        sending: tuple[asyncio.Task[None], int] | None = None
+        sending: tuple[asyncio.Task[list[int]], int] | None = None
         try:
             for chunk in _batched(uids, config.batch_size):
                 if self._stopping.is_set():
@@ -827,11 +966,11 @@ class ImapConnector:
                     if self._stopping.is_set():
                         break
                     prepared = await self._prepare(mailbox, folder, uidvalidity, too_large, group, summaries)
-                    checkpoint = await self._settle(sending, folder, checkpoint)
+                    checkpoint = await self._settle(sending, mailbox, folder, checkpoint)
                     sending = None
                     task = asyncio.create_task(self._send(prepared, folder, uidvalidity))
                     sending = (task, group[-1])
-            checkpoint = await self._settle(sending, folder, checkpoint)
+            checkpoint = await self._settle(sending, mailbox, folder, checkpoint)
             sending = None
             return checkpoint
         finally:
@@ -840,16 +979,52 @@ class ImapConnector:
                 await asyncio.wait({sending[0]})
 
     async def _settle(
-        self, sending: tuple[asyncio.Task[None], int] | None, folder: str, checkpoint: Checkpoint
+        self,
+        sending: tuple[asyncio.Task[list[int]], int] | None,
+        mailbox: _Mailbox,
+        folder: str,
+        checkpoint: Checkpoint,
     ) -> Checkpoint:
-        """Wait for the group in flight, then checkpoint its last UID."""
+        """Wait for the group in flight, checkpoint its last UID, then apply the post-action:
+        the post-action never runs for mail that could still be taken again."""
         if sending is None:
             return checkpoint
         task, last_uid = sending
-        await task
+        done = await task
         checkpoint = checkpoint.advanced(last_uid, self._context.clock())
         await self._save(folder, checkpoint)
+        self._fetched_now(folder)
+        await self._post_action(mailbox, folder, done)
         return checkpoint
+
+    async def _post_action(self, mailbox: _Mailbox, folder: str, uids: list[int]) -> None:
+        """Apply ``post_action`` to mail already published and checkpointed.
+
+        A failure is normal and is not retried: the mail is on ``sb.inbound`` and the
+        checkpoint is past it, so it is neither published again nor acted on again. It is
+        logged and counted; a server refusal leaves the session running, a broken connection
+        ends it (the session reconnects from the checkpoint).
+        """
+        action = self.config.post_action
+        if action == "none" or not uids:
+            return
+        try:
+            await self._call(mailbox.post_action, uids)
+        except Exception as error:
+            self._context.metrics.post_action_failed(action, len(uids))
+            self._log.warning(
+                "imap post-action failed; the mail stays published and is not taken again",
+                folder=folder,
+                action=action,
+                uids=f"{uids[0]}:{uids[-1]}",
+                count=len(uids),
+                reason=failure_reason(error),
+            )
+            refused = isinstance(error, imaplib.IMAP4.error) and not isinstance(error, imaplib.IMAP4.abort)
+            if not refused:
+                raise
+            return
+        self._log.debug("imap post-action done", folder=folder, action=action, count=len(uids))
 
     async def _prepare(
         self,
@@ -914,15 +1089,18 @@ class ImapConnector:
             parsed.append(_Parsed(uid, raw, received_at, outcome, started))
         return parsed
 
-    async def _send(self, parsed: list[_Parsed], folder: str, uidvalidity: int) -> None:
-        """Returns once every mail of a group is on ``sb.inbound`` or in quarantine. Sent
-        together, confirmed together: the producer keeps their order per conversation."""
+    async def _send(self, parsed: list[_Parsed], folder: str, uidvalidity: int) -> list[int]:
+        """Returns once every mail of a group is on ``sb.inbound`` or in quarantine, with the
+        UIDs the post-action may touch: all but mail too large to fetch, which is kept by its
+        header only and so must stay where it is. Sent together, confirmed together: the
+        producer keeps their order per conversation."""
         results = await asyncio.gather(
             *(self._publish(item, folder, uidvalidity) for item in parsed), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        return [item.uid for item in parsed if not isinstance(item.outcome, MessageTooLarge)]
 
     async def _publish(self, item: _Parsed, folder: str, uidvalidity: int) -> None:
         outcome = item.outcome
@@ -936,6 +1114,8 @@ class ImapConnector:
                 self._context.metrics.publish_failed()
                 raise
             self._context.metrics.published(time.perf_counter() - item.started)
+            if self._problems or self._stale:  # published() clears the error state: keep it
+                self._context.metrics.errored()
         else:
             await self._quarantine(item, outcome, folder, uidvalidity)
 
@@ -972,8 +1152,9 @@ class ImapConnector:
         )
 
     async def _wait_for_mail(self, mailbox: _Mailbox, idle: bool) -> None:
-        """Return when the folder may have new mail, at the latest after ``idle_renew``
-        (IDLE) or ``poll_interval`` (polling) seconds, or when the connector stops."""
+        """Return when the folder may have new mail, at the latest after ``idle_renew`` or
+        ``staleness / 2`` (IDLE) or ``poll_interval`` (polling) seconds, or when the connector
+        stops."""
         if not idle:
             await self._pause(self.config.poll_interval)
             if not self._stopping.is_set():
@@ -981,7 +1162,9 @@ class ImapConnector:
             return
         await self._call(mailbox.idle_start)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.idle_renew
+        # Re-issued at least twice per staleness period: each renewal (DONE, a SEARCH, IDLE)
+        # proves the session alive, so a live IDLE session never looks stale.
+        deadline = loop.time() + min(self.config.idle_renew, self.config.staleness / 2)
         while not self._stopping.is_set():
             remaining = deadline - loop.time()
             if remaining <= 0 or await self._call(mailbox.idle_wait, min(_IDLE_SLICE, remaining)):
@@ -997,11 +1180,6 @@ def build(config: ImapConfig, context: ConnectorContext) -> ImapConnector:
     return ImapConnector(config, context)
 
 
-def _comparable(folder: str) -> str:
-    """Folder names compare exactly, except INBOX, which is case-insensitive (RFC 3501)."""
-    return "INBOX" if folder.upper() == "INBOX" else folder
-
-
 def _check(config: ImapConfig) -> str:
     try:
         client = _login(config)
@@ -1010,7 +1188,8 @@ def _check(config: ImapConfig) -> str:
     try:
         names = {str(name) for _flags, _delimiter, name in client.list_folders()}
         known = {_comparable(name) for name in names}
-        missing = [folder for folder in config.folders if _comparable(folder) not in known]
+        wanted = [*config.folders, *([config.move_to] if config.move_to else [])]
+        missing = [folder for folder in wanted if _comparable(folder) not in known]
         if missing:
             listed = ", ".join(sorted(names)[:20])
             raise ImapUnavailable(f"folder not found: {', '.join(missing)} (the server lists: {listed})")
@@ -1022,9 +1201,12 @@ def _check(config: ImapConfig) -> str:
     finally:
         _close(client)
     waiting = "IDLE" if idle else f"polling every {config.poll_interval:g}s"
+    after = {"none": "", "seen": "; then flagged \\Seen", "delete": "; then deleted"}.get(
+        config.post_action, f"; then moved to {config.move_to}"
+    )
     return (
         f"logged in to {config.address} as {config.username} ({config.security}); {waiting}; "
-        f"folders: {', '.join(counts)}"
+        f"folders: {', '.join(counts)}{after}"
     )
 
 

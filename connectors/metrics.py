@@ -57,6 +57,12 @@ class ChannelMetricFamilies:
             labels,
             registry=registry,
         )
+        self.post_action_failures = Counter(
+            "switchboard_channel_post_action_failures_total",
+            "Published inputs whose follow-up at the source (mark read, move, delete) failed",
+            [*labels, "action"],
+            registry=registry,
+        )
         self.error = Gauge(
             "switchboard_channel_error", "1 while the channel is in an error state", labels, registry=registry
         )
@@ -91,6 +97,9 @@ class ChannelMetrics:
 
     def quarantined(self) -> None:
         self._f.quarantined.labels(*self._labels).inc()
+
+    def post_action_failed(self, action: str, count: int = 1) -> None:
+        self._f.post_action_failures.labels(*self._labels, action).inc(count)
 
     def succeeded(self) -> None:
         """A fetch or publish worked: records the time and clears the error state."""

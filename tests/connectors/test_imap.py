@@ -7,11 +7,14 @@ record is read back from ``sb.inbound``. Each test gets its own Dovecot and its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -92,6 +95,14 @@ class Harness:
     supervisor: Supervisor = field(default_factory=lambda: Supervisor(Readiness(), structlog.get_logger("t")))
     running: list[ImapConnector] = field(default_factory=list)
     published: list[str] = field(default_factory=list)  # ids the connector had confirmed, in order
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)  # one per "process"
+
+    def __post_init__(self) -> None:
+        self.families = ChannelMetricFamilies(self.registry)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample of this channel's metrics as ``/metrics`` would show it."""
+        return self.registry.get_sample_value(name, {"channel": "email", "instance": INSTANCE, **labels})
 
     def config(self, **overrides: Any) -> ImapConfig:
         values: dict[str, Any] = {
@@ -126,7 +137,7 @@ class Harness:
             quarantine=publisher.quarantine,
             state=store,
             health=health,
-            metrics=ChannelMetricFamilies(CollectorRegistry()).bind("email", INSTANCE),
+            metrics=self.families.bind("email", INSTANCE),
             spawn=self.supervisor.spawn,
             logger=structlog.get_logger("test-imap"),
         )
@@ -167,6 +178,53 @@ class Harness:
     async def append(self, raw: bytes, folder: str = "INBOX", **options: Any) -> int:
         return await asyncio.to_thread(self.server.append, raw, folder, **options)
 
+    async def uids(self, folder: str = "INBOX") -> list[int]:
+        """The UIDs in *folder* now, as another client sees them."""
+
+        def search() -> list[int]:
+            with self.server.client() as imap:
+                imap.select_folder(folder, readonly=True)
+                return sorted(int(uid) for uid in imap.search("ALL"))
+
+        return await asyncio.to_thread(search)
+
+    async def flag(self, uid: int, flag: bytes, folder: str = "INBOX") -> None:
+        """Set *flag* on *uid* as another client would (a bystander's mark)."""
+
+        def store() -> None:
+            with self.server.client() as imap:
+                imap.select_folder(folder)
+                imap.add_flags([uid], [flag])
+
+        await asyncio.to_thread(store)
+
+    async def subjects(self, folder: str) -> list[str]:
+        def fetch() -> list[str]:
+            with self.server.client() as imap:
+                imap.select_folder(folder, readonly=True)
+                found = imap.fetch(imap.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+                headers = [bytes(data[b"BODY[HEADER.FIELDS (SUBJECT)]"]) for data in found.values()]
+            return sorted(h.decode().removeprefix("Subject:").strip() for h in headers)
+
+        return await asyncio.to_thread(fetch)
+
+    async def restart_server(self, capabilities: str) -> None:
+        """Restart Dovecot announcing only *capabilities* after login (e.g. no MOVE)."""
+        await asyncio.to_thread(self.server.stop)
+        with self.server.config_file.open("a") as config:
+            config.write(f"imap_capability = {capabilities}\n")
+        await asyncio.to_thread(self.server.start)
+
+    @contextlib.contextmanager
+    def frozen_server(self) -> Iterator[None]:
+        """Dovecot stopped dead (SIGSTOP): connections stay open, nothing answers."""
+        group = int((self.server.directory / "run" / "master.pid").read_text())
+        os.killpg(group, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(group, signal.SIGCONT)
+
     async def checkpoint(self, folder: str = "INBOX") -> Checkpoint | None:
         store = KafkaStateStore(self.producer, self.topics.state, INSTANCE)
         store.restore(await read_compacted(self.kafka, self.topics.state))
@@ -183,6 +241,17 @@ def in_mailbox_order(records: list[InboundMessage]) -> list[InboundMessage]:
         return int(str(imap["uidvalidity"])), int(str(imap["uid"]))
 
     return sorted(records, key=position)
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "it"
+) -> None:
+    """Wait until the async *condition* holds (checks that talk to the server themselves)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> float:
@@ -297,7 +366,7 @@ async def test_backfill_since_publishes_older_mail_of_that_date_on(harness: Harn
 
 async def test_idle_notices_mail_appended_while_idling_within_seconds(harness: Harness) -> None:
     # Polling every 25 minutes: only IDLE can explain a quick pickup.
-    _, health, _ = await harness.start(harness.config(poll_interval=1500))
+    _, health, _ = await harness.start(harness.config(poll_interval=1500, staleness=1600))
     await until(lambda: health.ready, what="the folder to be followed")
     await asyncio.sleep(1.0)  # well inside IDLE by now
 
@@ -500,6 +569,182 @@ async def test_stop_while_idling_is_prompt(harness: Harness) -> None:
     await until(lambda: "Logged out" in harness.server.log(), timeout=5, what="a clean LOGOUT")
 
 
+async def test_post_action_seen_flags_mail_only_after_it_is_published(harness: Harness) -> None:
+    publisher = InboundPublisher(harness.producer, harness.topics, harness.kafka.max_record_bytes)
+    flags_when_published: dict[int, tuple[bytes, ...]] = {}
+
+    async def publish(message: InboundMessage) -> None:
+        imap = message.metadata["imap"]
+        assert isinstance(imap, dict)
+        uid = int(str(imap["uid"]))
+        flags_when_published[uid] = await asyncio.to_thread(harness.server.flags, uid)
+        await publisher.publish(message)
+
+    config = harness.config(post_action="seen", max_message_size=4096)
+    _, health, _ = await harness.start(config, publish=publish)
+    await until(lambda: health.ready, what="the folder to be followed")
+    first = await harness.append(mail("Please call me back"))
+    huge = await harness.append(mail("Scanned contract", "x" * 20_000))
+    last = await harness.append(mail("Also: my address changed"))
+
+    records = in_mailbox_order(await harness.exactly(2))
+    assert [r.subject for r in records] == ["Please call me back", "Also: my address changed"]
+
+    async def published_mail_seen() -> bool:
+        flags = [await asyncio.to_thread(harness.server.flags, uid) for uid in (first, last)]
+        return all(b"\\Seen" in found for found in flags)
+
+    await eventually(published_mail_seen, what="\\Seen on the published mail")
+    assert flags_when_published == {first: (), last: ()}, "fetching (BODY.PEEK) must not mark read"
+    assert b"\\Seen" not in await asyncio.to_thread(harness.server.flags, huge), (
+        "mail kept by its header only is left as it is"
+    )
+    checkpoint = await harness.checkpoint()
+    assert checkpoint is not None and checkpoint.uid == last
+    assert await harness.uids() == [first, huge, last]
+
+
+@pytest.mark.parametrize(
+    ("method", "capabilities", "stays_in_inbox"),
+    [
+        ("move", None, False),  # Dovecot's own list: UID MOVE
+        ("copy-expunge", "IMAP4rev1 IDLE UIDPLUS", False),  # COPY, \Deleted, UID EXPUNGE of those UIDs
+        ("copy-seen", "IMAP4rev1 IDLE", True),  # COPY and \Seen; the original stays
+    ],
+)
+async def test_post_action_move_files_published_mail_in_another_folder(
+    harness: Harness, method: str, capabilities: str | None, stays_in_inbox: bool
+) -> None:
+    await asyncio.to_thread(harness.server.recreate, "Handled")
+    bystander = await harness.append(mail("Someone else's deleted mail"))
+    await harness.flag(bystander, b"\\Deleted")
+    if capabilities is not None:
+        await harness.restart_server(capabilities)
+    with structlog.testing.capture_logs() as logs:
+        _, health, _ = await harness.start(harness.config(post_action="move", move_to="Handled"))
+        await until(lambda: health.ready, what="the folder to be followed")
+    [opened] = [e for e in logs if e.get("event") == "imap folder opened"]
+    assert opened["move_method"] == method
+    warned = any("neither MOVE nor UIDPLUS" in str(e.get("event")) for e in logs)
+    assert warned == (method == "copy-seen")
+    first = await harness.append(mail("Refund for order 9912"))
+    second = await harness.append(mail("Wrong size delivered"))
+
+    records = in_mailbox_order(await harness.exactly(2))
+    assert [r.subject for r in records] == ["Refund for order 9912", "Wrong size delivered"]
+
+    async def filed() -> bool:
+        return await harness.subjects("Handled") == ["Refund for order 9912", "Wrong size delivered"]
+
+    await eventually(filed, what="the mail in Handled")
+    if stays_in_inbox:
+        assert await harness.uids() == [bystander, first, second]
+        for uid in (first, second):
+            assert b"\\Seen" in await asyncio.to_thread(harness.server.flags, uid)
+    else:
+
+        async def gone() -> bool:
+            return await harness.uids() == [bystander]
+
+        await eventually(gone, what="the originals to leave INBOX")
+    assert b"\\Seen" not in await asyncio.to_thread(harness.server.flags, bystander), "only ours are touched"
+
+    # The emptied folder is still followed from its checkpoint: no mail is taken twice.
+    third = await harness.append(mail("One more thing"))
+    records = await harness.exactly(3)
+    checkpoint = await harness.checkpoint()
+    assert checkpoint is not None and checkpoint.uid == third
+    assert len({r.message_id for r in records}) == 3
+
+
+async def test_post_action_delete_needs_allow_delete_and_expunges_only_published_mail(
+    harness: Harness,
+) -> None:
+    with pytest.raises(ValidationError, match="allow_delete"):
+        harness.config(post_action="delete")
+    bystander = await harness.append(mail("Someone else's deleted mail"))
+    await harness.flag(bystander, b"\\Deleted")
+    _, health, _ = await harness.start(harness.config(post_action="delete", allow_delete=True))
+    await until(lambda: health.ready, what="the folder to be followed")
+    await harness.append(mail("Delete me once you have it"))
+
+    [record] = await harness.exactly(1)
+    assert record.subject == "Delete me once you have it"
+
+    async def gone() -> bool:
+        return await harness.uids() == [bystander]
+
+    await eventually(gone, what="the published mail to be expunged")
+
+
+async def test_a_failing_post_action_leaves_one_record_and_the_checkpoint_advanced(
+    harness: Harness,
+) -> None:
+    config = harness.config(post_action="move", move_to="Does-Not-Exist")
+    with pytest.raises(ImapUnavailable, match="folder not found: Does-Not-Exist"):
+        await check(config)
+    failures = "switchboard_channel_post_action_failures_total"
+    with structlog.testing.capture_logs() as logs:
+        connector, health, _ = await harness.start(config)
+        await until(lambda: health.ready, what="the folder to be followed")
+        first = await harness.append(mail("Where is my refund?"))
+        second = await harness.append(mail("Second try"))
+        records = in_mailbox_order(await harness.exactly(2))
+        await until(lambda: harness.metric(failures, action="move") == 2, what="the failures counted")
+
+    assert [r.subject for r in records] == ["Where is my refund?", "Second try"]
+    checkpoint = await harness.checkpoint()
+    assert checkpoint is not None and checkpoint.uid == second
+    assert await harness.uids() == [first, second], "the mail stays where it was"
+    assert health.ready, "a failed post-action is normal, not an outage"
+    events = [e for e in logs if str(e.get("event", "")).startswith("imap post-action failed")]
+    assert events and all("server refused a command" in e["reason"] for e in events), events
+
+    # The session goes on, and a restart does not take the mail again.
+    third = await harness.append(mail("Third"))
+    await harness.exactly(3)
+    await connector.stop()
+    await harness.new_process()
+    _, health, _ = await harness.start(config)
+    await until(lambda: health.ready, what="the restarted folder")
+    assert len(await harness.exactly(3)) == 3
+    checkpoint = await harness.checkpoint()
+    assert checkpoint is not None and checkpoint.uid == third
+
+
+async def test_a_folder_not_fetched_within_staleness_fails_health_until_it_is_again(
+    harness: Harness,
+) -> None:
+    last_success = "switchboard_channel_last_success_timestamp_seconds"
+    error = "switchboard_channel_error"
+    _, health, _ = await harness.start(harness.config(staleness=3, poll_interval=1, command_timeout=30))
+    await until(lambda: health.ready, what="the folder to be followed")
+
+    # A live IDLE session counts as fetching: quiet for well past the staleness, still ready.
+    ready_at = len(health.history)
+    await asyncio.sleep(7)
+    assert health.ready and all(ok for ok, _ in health.history[ready_at:]), health.history
+    before = harness.metric(last_success)
+    assert before is not None and time.time() - before < 3
+    assert harness.metric(error) == 0
+
+    with harness.frozen_server():  # the connection stays open; nothing answers
+        await until(lambda: not health.ready, timeout=10, what="staleness to be noticed")
+        assert "INBOX: no successful fetch for" in health.reason, health.reason
+        assert harness.server.address in health.reason
+        assert harness.metric(error) == 1
+        frozen_at = harness.metric(last_success)
+        await asyncio.sleep(1)
+        assert harness.metric(last_success) == frozen_at
+    await until(lambda: health.ready, timeout=20, what="health to recover once fetching works")
+    assert harness.metric(error) == 0
+    after = harness.metric(last_success)
+    assert after is not None and frozen_at is not None and after > frozen_at
+
+    await harness.append(mail("After the freeze"))
+    assert [r.subject for r in await harness.inbound(1)] == ["After the freeze"]
+
+
 async def test_check_logs_in_and_lists_the_folders(harness: Harness) -> None:
     await harness.append(mail("One"))
     summary = await check(harness.config())
@@ -529,6 +774,12 @@ def test_config_is_validated_before_any_io() -> None:
         ({**base, "password": "p", "pasword": "typo"}, "pasword"),
         ({**base, "password": "p", "listen": "0.0.0.0:993"}, "listen"),
         ({**base, "oauth2": {}}, "exactly one of access_token and token_file"),
+        ({**base, "password": "p", "post_action": "move"}, "move_to is required"),
+        ({**base, "password": "p", "move_to": "Done"}, "only used with post_action: move"),
+        ({**base, "password": "p", "post_action": "move", "move_to": "inbox"}, "followed folder"),
+        ({**base, "password": "p", "post_action": "delete"}, "allow_delete"),
+        ({**base, "password": "p", "post_action": "archive"}, "post_action"),
+        ({**base, "password": "p", "poll_interval": 900}, "staleness must exceed poll_interval"),
     ]
     for tree, needle in cases:
         with pytest.raises(ConfigError) as error:
