@@ -30,12 +30,11 @@ from urllib.parse import parse_qsl
 from pydantic import ConfigDict, Field, JsonValue, SecretStr, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
 from connectors.signatures import SignatureError, verify_twilio
-from connectors.webedge import BadRequest, Delivery, Forbidden, HttpChannelConfig, WebEdge
+from connectors.webedge import BadRequest, Delivery, EdgeConnector, Forbidden, HttpChannelConfig
 from models import Attachment, InboundMessage, Sender
 from models.ids import conversation_id, message_id
 
@@ -143,23 +142,12 @@ def to_delivery(pairs: Sequence[tuple[str, str]], *, instance: str, received_at:
     return Delivery(sid, record)
 
 
-class SmsConnector:
+class SmsConnector(EdgeConnector):
     """The ``sms`` channel: Twilio's signed form webhook behind the shared :class:`WebEdge`."""
 
     def __init__(self, config: SmsConfig, context: ConnectorContext) -> None:
-        self.name = config.name
+        super().__init__(config, context, channel="sms", post=self._receive)
         self.config = config
-        self.edge = WebEdge(config, context, channel="sms")
-        self._app = Router(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
-
-    def asgi_app(self) -> Router:
-        return self._app
-
-    async def start(self) -> None:
-        await self.edge.start()
-
-    async def stop(self) -> None:
-        await self.edge.stop()
 
     def signed_urls(self, request: Request) -> list[str]:
         """The URLs Twilio may have signed: ``public_url`` (plus this request's query), or else the

@@ -25,6 +25,8 @@ Public API (stable; the Slack and webchat channels import it):
 * :class:`WebEdge` — ``endpoint(handler)``, ``read_body(request)``, ``deliver(deliveries, raw=…,
   content_type=…)``, ``quarantine(raw, reason=…, error_class=…)``, ``failure(error)``,
   ``start()``, ``stop()``, ``log``, ``dedup``, ``now()``.
+* :class:`EdgeConnector` — base of a connector that is one :class:`WebEdge` guarding its handlers
+  at the channel root (``name``, ``edge``, ``asgi_app()``, ``start()``, ``stop()``).
 * :class:`Delivery` (dedup key + record), :class:`DeliveryReport` (``message_ids``,
   ``duplicates``, ``quarantined``).
 * Errors, each with ``status`` and a ``reason`` used as the metric label: :class:`EdgeError`,
@@ -67,6 +69,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext, StateStore, utc_now
 from connectors.signatures import SignatureError
@@ -82,6 +85,7 @@ __all__ = [
     "Deduplicator",
     "Delivery",
     "DeliveryReport",
+    "EdgeConnector",
     "EdgeError",
     "EnumerableState",
     "Forbidden",
@@ -706,3 +710,41 @@ class WebEdge:
         await self.context.quarantine(item)
         self.context.metrics.quarantined()
         self.log.warning("input quarantined", error_class=error_class, reason=reason[:200])
+
+
+class EdgeConnector:
+    """A connector that is one :class:`WebEdge` and the handlers it guards at the channel root.
+
+    Each handler runs behind :meth:`WebEdge.endpoint` (shutdown, rate limit, the one error
+    mapping). ``start`` and ``stop`` are the edge's: no connection is opened, and ``stop`` is
+    idempotent and drains requests in flight within ``drain_timeout``.
+    """
+
+    def __init__(
+        self,
+        config: HttpChannelConfig,
+        context: ConnectorContext,
+        *,
+        channel: str,
+        post: Handler,
+        get: Handler | None = None,
+    ) -> None:
+        self.name = config.name
+        self.edge = WebEdge(config, context, channel=channel)
+        handlers = {"GET": get, "POST": post}
+        self._app = Router(
+            routes=[
+                Route("/", self.edge.endpoint(handler), methods=[method])
+                for method, handler in handlers.items()
+                if handler is not None
+            ]
+        )
+
+    def asgi_app(self) -> Router:
+        return self._app
+
+    async def start(self) -> None:
+        await self.edge.start()
+
+    async def stop(self) -> None:
+        await self.edge.stop()

@@ -43,12 +43,11 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
 from connectors.signatures import verify_hmac_sha256
-from connectors.webedge import BadRequest, Delivery, HttpChannelConfig, WebEdge, parse_json, parse_model
+from connectors.webedge import BadRequest, Delivery, EdgeConnector, HttpChannelConfig, parse_json, parse_model
 from models import Attachment, InboundMessage, Sender
 from models.ids import conversation_id, message_id
 from models.messages import format_timestamp
@@ -175,23 +174,12 @@ def to_record(item: WebhookMessage, *, instance: str, received_at: datetime) -> 
 # ------------------------------------------------------------------------------ connector
 
 
-class WebhookConnector:
+class WebhookConnector(EdgeConnector):
     """The ``webhook`` channel: one signed JSON endpoint behind the shared :class:`WebEdge`."""
 
     def __init__(self, config: WebhookConfig, context: ConnectorContext) -> None:
-        self.name = config.name
+        super().__init__(config, context, channel="webhook", post=self._receive)
         self.config = config
-        self.edge = WebEdge(config, context, channel="webhook")
-        self._app = Router(routes=[Route("/", self.edge.endpoint(self._receive), methods=["POST"])])
-
-    def asgi_app(self) -> Router:
-        return self._app
-
-    async def start(self) -> None:
-        await self.edge.start()
-
-    async def stop(self) -> None:
-        await self.edge.stop()
 
     async def _receive(self, request: Request) -> Response:
         raw = await self.edge.read_body(request)

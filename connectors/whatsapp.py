@@ -32,16 +32,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, Router
 
 from connectors.base import ConnectorContext
 from connectors.registry import ChannelType
 from connectors.signatures import verify_hub_sha256
 from connectors.webedge import (
     Delivery,
+    EdgeConnector,
     Forbidden,
     HttpChannelConfig,
-    WebEdge,
     parse_json,
     parse_model,
 )
@@ -292,28 +291,12 @@ def to_deliveries(notification: Notification, *, instance: str, received_at: dat
 # ---------------------------------------------------------------------------- connector
 
 
-class WhatsAppConnector:
+class WhatsAppConnector(EdgeConnector):
     """The ``whatsapp`` channel: the verification handshake and the signed notifications."""
 
     def __init__(self, config: WhatsAppConfig, context: ConnectorContext) -> None:
-        self.name = config.name
+        super().__init__(config, context, channel="whatsapp", get=self._handshake, post=self._receive)
         self.config = config
-        self.edge = WebEdge(config, context, channel="whatsapp")
-        self._app = Router(
-            routes=[
-                Route("/", self.edge.endpoint(self._handshake), methods=["GET"]),
-                Route("/", self.edge.endpoint(self._receive), methods=["POST"]),
-            ]
-        )
-
-    def asgi_app(self) -> Router:
-        return self._app
-
-    async def start(self) -> None:
-        await self.edge.start()
-
-    async def stop(self) -> None:
-        await self.edge.stop()
 
     async def _handshake(self, request: Request) -> Response:
         query = request.query_params
