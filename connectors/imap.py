@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from connectors.attachments import AttachmentStore, LocalAttachmentStore
 from connectors.base import ConnectorContext
-from connectors.mail import EmailEnvelope, UnparseableEmail, message_from_email
+from connectors.mail import EmailEnvelope, UnparseableEmail, message_from_email, reparse
 from connectors.registry import ChannelType
 from models import InboundMessage
 from models.config import ChannelConfig
@@ -1217,13 +1217,7 @@ async def check(config: ImapConfig) -> str:
 
 def reprocess(config: ImapConfig, raw: bytes) -> InboundMessage:
     """``quarantine reprocess``: parse a kept mail again."""
-    return message_from_email(
-        raw,
-        channel_instance=config.name,
-        received_at=datetime.now(UTC),
-        envelope=EmailEnvelope(),
-        attachments=LocalAttachmentStore(config.attachment_dir),
-    )
+    return reparse(raw, channel_instance=config.name, attachment_dir=config.attachment_dir)
 
 
 CHANNEL_TYPE = ChannelType(
