@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -30,23 +30,20 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
-import structlog
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CollectorRegistry
 
 from bus.admin import ensure_topics
 from bus.producer import Producer, producer_options
-from bus.publisher import InboundPublisher
-from bus.state import KafkaStateStore
 from connectors.attachments import LocalAttachmentStore
-from connectors.base import ConnectorContext
 from connectors.mail import EmailEnvelope, message_from_email
 from connectors.mailauth import RecordType, StaticResolver
-from connectors.metrics import ChannelMetricFamilies
 from connectors.smtp import SmtpConfig, SmtpConnector
 from models.config import KafkaConfig
 from models.topics import Topics, TopicSpec
-from switchboard.supervision import Readiness, Supervisor
+from switchboard.supervision import Readiness
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common, when run as a script
+from bench.common import connector_context, percentile, quiet_logger
 
 SENDER = "kumar@customer.example"
 RECIPIENT = "support@example.com"
@@ -135,11 +132,6 @@ async def raw_batched(config: KafkaConfig, topic: str, payload: bytes, count: in
 # ---------------------------------------------------------------------------------- main
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,25 +144,20 @@ async def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    logging.basicConfig(level=logging.WARNING)
-    logger = structlog.wrap_logger(
-        structlog.PrintLogger(), wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
+    logger = quiet_logger()
     config = KafkaConfig(bootstrap=args.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}")
     topics = Topics(config.topic_prefix)
     await ensure_topics(config, topics.all(["general"]))
     producer = Producer(config, idempotent=True)
     await producer.start()
-    readiness = Readiness()
-    publisher = InboundPublisher(producer, topics, config.max_record_bytes)
-    context = ConnectorContext(
-        publish=publisher.publish,
-        quarantine=publisher.quarantine,
-        state=KafkaStateStore(producer, topics.state, "bench-mail"),
-        health=readiness.component("bench-mail"),
-        metrics=ChannelMetricFamilies(CollectorRegistry()).bind("email", "bench-mail"),
-        spawn=Supervisor(readiness, logger).spawn,
+    context = connector_context(
+        producer,
+        topics,
+        max_record_bytes=config.max_record_bytes,
+        readiness=Readiness(),
         logger=logger,
+        channel="email",
+        instance="bench-mail",
     )
     attachments = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
     smtp_config = SmtpConfig(

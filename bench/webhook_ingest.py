@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
+import sys
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -41,16 +40,15 @@ from starlette.routing import Route
 
 from bus.admin import ensure_topics
 from bus.producer import Producer, producer_options
-from bus.publisher import InboundPublisher
-from bus.state import KafkaStateStore
-from connectors.base import ConnectorContext
-from connectors.metrics import ChannelMetricFamilies
 from connectors.signatures import sign_hmac_sha256
 from connectors.webhook import SIGNATURE_HEADER, WebhookConfig, WebhookConnector
 from models.config import HostPort, KafkaConfig
 from models.topics import Topics, TopicSpec
 from switchboard.http import HttpServer, build_app
-from switchboard.supervision import Readiness, Supervisor
+from switchboard.supervision import Readiness
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.common, when run as a script
+from bench.common import connector_context, percentile, quiet_logger
 
 SECRET = "bench-webhook-secret-0123456789"
 CHANNEL = "bench-hook"
@@ -130,11 +128,6 @@ def bare_app(producer: AIOKafkaProducer, topic: str) -> Starlette:
     return Starlette(routes=[Route("/", ingest, methods=["POST"])])
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,10 +139,7 @@ async def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    logging.basicConfig(level=logging.WARNING)
-    logger = structlog.wrap_logger(
-        structlog.PrintLogger(), wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
+    logger = quiet_logger()
     config = KafkaConfig(bootstrap=args.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}")
     topics = Topics(config.topic_prefix)
     raw_topic = f"{config.topic_prefix}.raw"
@@ -160,15 +150,14 @@ async def main() -> None:
     raw_producer = AIOKafkaProducer(**producer_options(config, idempotent=True))
     await raw_producer.start()
     readiness = Readiness()
-    publisher = InboundPublisher(producer, topics, config.max_record_bytes)
-    context = ConnectorContext(
-        publish=publisher.publish,
-        quarantine=publisher.quarantine,
-        state=KafkaStateStore(producer, topics.state, CHANNEL),
-        health=readiness.component(CHANNEL),
-        metrics=ChannelMetricFamilies(CollectorRegistry()).bind("webhook", CHANNEL),
-        spawn=Supervisor(readiness, logger).spawn,
+    context = connector_context(
+        producer,
+        topics,
+        max_record_bytes=config.max_record_bytes,
+        readiness=readiness,
         logger=logger,
+        channel="webhook",
+        instance=CHANNEL,
     )
     webhook = WebhookConnector(
         WebhookConfig(name=CHANNEL, type="webhook", secret=SECRET, rate_limit=None, max_in_flight=10_000),
