@@ -35,7 +35,7 @@ from connectors.mail import UnparseableEmail
 from connectors.mailauth import RecordType, StaticResolver
 from connectors.registry import Registry
 from connectors.smtp import CHANNEL_TYPE, REPLIES, SmtpConfig, SmtpConnector
-from models import InboundMessage
+from models import Attachment, InboundMessage
 from models.config import ChannelConfig, KafkaConfig
 from models.errors import PublishError, RecordRejected
 from models.quarantine import QuarantineItem
@@ -270,39 +270,53 @@ async def test_start_opens_no_connection_and_large_mail_is_accepted(
     assert record.message_id == queued_id(reply) and record.subject == "long one"
 
 
+def with_attachment(subject: str, text: str, data: bytes, *, content_type: str, filename: str) -> bytes:
+    """A mail from the customer carrying *data* as its one attachment."""
+    message = EmailMessage()
+    message["From"] = f"Kumar <{SENDER}>"
+    message["To"] = f"support@{DOMAIN}"
+    message["Subject"] = subject
+    message.set_content(text)
+    maintype, subtype = content_type.split("/")
+    message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return message.as_bytes()
+
+
+def stored_bytes(attachment: Attachment, tmp_path: Path) -> bytes:
+    """The bytes behind *attachment*, which must be stored in the test's attachment directory."""
+    assert attachment.ref is not None
+    stored = Path(url2pathname(urlparse(attachment.ref).path))
+    assert stored.is_relative_to((tmp_path / "attachments").resolve())
+    return stored.read_bytes()
+
+
 async def test_attachments_are_stored_before_the_record_is_published(
     server: Start, tmp_path: Path, read: Read, kafka_config: KafkaConfig, created_topics: Topics
 ) -> None:
     connector = await server()
-    message = EmailMessage()
-    message["From"] = f"Kumar <{SENDER}>"
-    message["To"] = f"support@{DOMAIN}"
-    message["Subject"] = "Broken kettle"
-    message.set_content("Photo attached.")
     photo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16
-    message.add_attachment(photo, maintype="image", subtype="png", filename="kettle.png")
-    assert (await send_once(connector, message.as_bytes()))[0] == 250
+    raw = with_attachment(
+        "Broken kettle", "Photo attached.", photo, content_type="image/png", filename="kettle.png"
+    )
+    assert (await send_once(connector, raw))[0] == 250
     [record] = await inbound(read, kafka_config, created_topics, 1)
     [attachment] = record.attachments
     assert attachment.filename == "kettle.png" and attachment.size == len(photo)
-    assert attachment.ref is not None
-    stored = Path(url2pathname(urlparse(attachment.ref).path))
-    assert stored.is_relative_to((tmp_path / "attachments").resolve())
-    assert stored.read_bytes() == photo
+    assert stored_bytes(attachment, tmp_path) == photo
 
 
 async def test_reprocess_parses_a_kept_mail_again_with_its_id_and_attachments(
     server: Start, tmp_path: Path, read: Read, kafka_config: KafkaConfig, created_topics: Topics
 ) -> None:
     connector = await server()
-    message = EmailMessage()
-    message["From"] = f"Kumar <{SENDER}>"
-    message["To"] = f"support@{DOMAIN}"
-    message["Subject"] = "Receipt for order 4471"
-    message.set_content("The receipt is attached.")
     receipt = b"%PDF-1.4\n" + bytes(range(256)) * 8
-    message.add_attachment(receipt, maintype="application", subtype="pdf", filename="receipt.pdf")
-    raw = message.as_bytes()
+    raw = with_attachment(
+        "Receipt for order 4471",
+        "The receipt is attached.",
+        receipt,
+        content_type="application/pdf",
+        filename="receipt.pdf",
+    )
     assert (await send_once(connector, raw))[0] == 250
     [record] = await inbound(read, kafka_config, created_topics, 1)
     assert CHANNEL_TYPE.reprocess is not None
@@ -311,10 +325,8 @@ async def test_reprocess_parses_a_kept_mail_again_with_its_id_and_attachments(
     assert (again.subject, again.text) == (record.subject, record.text)
     assert again.auth == {} and again.received_at >= record.received_at  # no envelope, parsed now
     [attachment] = again.attachments
-    assert attachment.ref is not None and attachment.sha256 == record.attachments[0].sha256
-    stored = Path(url2pathname(urlparse(attachment.ref).path))
-    assert stored.is_relative_to((tmp_path / "attachments").resolve())
-    assert stored.read_bytes() == receipt
+    assert attachment.sha256 == record.attachments[0].sha256
+    assert stored_bytes(attachment, tmp_path) == receipt
 
 
 async def test_a_null_sender_bounce_is_marked(
