@@ -28,9 +28,11 @@ def clean_text(value: str) -> str:
     """
     if _NUL in value:
         value = value.replace(_NUL, "")
+    if value.isascii():  # most ids, addresses and English text: already clean and NFC
+        return value
     if _LONE_SURROGATE.search(value):
         value = _LONE_SURROGATE.sub(REPLACEMENT, value)
-    return unicodedata.normalize("NFC", value)
+    return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
 
 
 def normalize_subject(subject: str) -> str:
