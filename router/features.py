@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
+__all__ = ["MAX_MODEL_CHARS", "FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
 
 _RADIX = np.uint64(0x100000001B3)  # odd, so it has an inverse modulo 2**64
 _RADIX_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
@@ -58,9 +58,15 @@ def normalize(text: str) -> str:
     return " ".join(folded.split())
 
 
+MAX_MODEL_CHARS = 4000
+"""Characters of a message the models read: the opening of a long mail says what it is about,
+and a bound keeps one batch's classification short (see ``RouterTuning.decide_in_thread``)."""
+
+
 def model_input(subject: str, text: str) -> str:
     """The one function of (subject, text) that train, eval, classify and the router feed to models."""
-    return f"{subject}\n{text}" if subject else text
+    combined = f"{subject}\n{text}" if subject else text
+    return combined[:MAX_MODEL_CHARS]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.features import FeatureSpec, Featurizer, model_input, normalize
+from router.features import MAX_MODEL_CHARS, FeatureSpec, Featurizer, model_input, normalize
 
 
 def _buckets(features, document: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -52,3 +52,9 @@ def test_matrix_rows_follow_the_batch_order() -> None:
 def test_subject_and_text_are_combined_one_way_everywhere() -> None:
     assert model_input("", "hello") == "hello"
     assert model_input("Refund", "hello") == "Refund\nhello"
+
+
+def test_models_read_a_bounded_opening_of_long_messages() -> None:
+    long_text = "refund please " * 2000
+    assert len(model_input("Subject", long_text)) == MAX_MODEL_CHARS
+    assert model_input("Subject", long_text).startswith("Subject\nrefund please")
