@@ -24,10 +24,18 @@ from tests.router.test_service import RecordingHealth, drain, eventually, publis
 CASES = [
     ("ta", "shipping", "என் பார்சல் இன்னும் வரவில்லை. டிராக்கிங் நம்பர் மூன்று நாளாக நகரவில்லை, கூரியர் எங்கே?"),
     ("bn", "billing", "আমার কার্ড থেকে একই ইনভয়েসের টাকা দুইবার কেটে নেওয়া হয়েছে, দয়া করে দেখুন"),
-    ("tl", "returns", "Gusto ko pong ibalik yung sapatos na binili ko, maliit po ang size. Paano po mag-return?"),
+    (
+        "tl",
+        "returns",
+        "Gusto ko pong ibalik yung sapatos na binili ko, maliit po ang size. Paano po mag-return?",
+    ),
     ("ta", "orders", "en order cancel pannanum, innum ship aagala, order number OD4471"),
     ("bn", "support", "app e login korte parchi na, OTP ashche na, ki korbo?"),
-    ("tl", "complaints", "Ikatlong beses na ito! Walang sumasagot. Gusto kong makausap ang manager ninyo ngayon din."),
+    (
+        "tl",
+        "complaints",
+        "Ikatlong beses na ito! Walang sumasagot. Gusto kong makausap ang manager ninyo ngayon din.",
+    ),
 ]
 
 
@@ -66,4 +74,6 @@ async def test_first_class_languages_reach_their_departments_through_the_service
         assert record.routing.language == language
         assert record.routing.model.startswith("default-")
     escalated = await drain(kafka_config, [created_topics.escalations])
-    assert messages[-1].message_id in {RoutedMessage.from_json_bytes(r.value or b"").message_id for r in escalated}
+    assert messages[-1].message_id in {
+        RoutedMessage.from_json_bytes(r.value or b"").message_id for r in escalated
+    }
