@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_MODEL_CHARS", "FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
+__all__ = ["MAX_MODEL_CHARS", "SMALL_BATCH", "FeatureSpec", "Features", "Featurizer", "model_input", "normalize"]
 
 _RADIX = np.uint64(0x100000001B3)  # odd, so it has an inverse modulo 2**64
 _RADIX_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))

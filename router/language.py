@@ -133,31 +133,32 @@ class LanguageIdentifier:
     def identify_with(
         self, texts: Sequence[str], probabilities: npt.NDArray[np.float32]
     ) -> list[LanguageGuess]:
-        """One guess per text, given the team model's probabilities for the batch."""
-        counts = script_counts(texts)
-        return [
-            self._one(text, row, probabilities[i])
-            for i, (text, row) in enumerate(zip(texts, counts, strict=True))
-        ]
+        """One guess per text, given the team model's probabilities for the batch.
 
-    def _one(
-        self, text: str, counts: npt.NDArray[np.int64], probabilities: npt.NDArray[np.float32]
-    ) -> LanguageGuess:
-        letters = int(counts.sum())
-        if letters == 0:
-            return LanguageGuess(UNDETERMINED, 0.0, "script")
-        indic = counts[1:4]
-        strongest = int(indic.argmax())
-        if indic[strongest] >= INDIC_SHARE * letters:
-            script = _COLUMNS[1 + strongest]
-            return LanguageGuess(_SCRIPT_LANGUAGE[script], float(indic[strongest] / letters), "script")
-        if counts[_COLUMNS.index("other")] > counts[0]:
-            return self._ask_general(text, fallback=None)
-        best = int(probabilities.argmax())
-        guess = LanguageGuess(self.model.classes[best], float(probabilities[best]), "model")
-        if guess.confidence >= SURE:
-            return guess
-        return self._ask_general(text, fallback=guess)
+        The arithmetic is done for the whole batch at once; only the branching is per text.
+        """
+        counts = script_counts(texts)
+        letters = counts.sum(axis=1).tolist()
+        indic = counts[:, 1:4]
+        strongest = indic.argmax(axis=1).tolist()
+        strongest_letters = indic.max(axis=1).tolist()
+        latin = counts[:, 0].tolist()
+        other = counts[:, _COLUMNS.index("other")].tolist()
+        best = probabilities.argmax(axis=1).tolist()
+        best_probability = probabilities.max(axis=1).tolist()
+        guesses: list[LanguageGuess] = []
+        for i, text in enumerate(texts):
+            if letters[i] == 0:
+                guesses.append(LanguageGuess(UNDETERMINED, 0.0, "script"))
+            elif strongest_letters[i] >= INDIC_SHARE * letters[i]:
+                language = _SCRIPT_LANGUAGE[_COLUMNS[1 + strongest[i]]]
+                guesses.append(LanguageGuess(language, strongest_letters[i] / letters[i], "script"))
+            elif other[i] > latin[i]:
+                guesses.append(self._ask_general(text, fallback=None))
+            else:
+                guess = LanguageGuess(self.model.classes[best[i]], best_probability[i], "model")
+                guesses.append(guess if guess.confidence >= SURE else self._ask_general(text, fallback=guess))
+        return guesses
 
     def _ask_general(self, text: str, fallback: LanguageGuess | None) -> LanguageGuess:
         if self._general is None:

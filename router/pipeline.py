@@ -161,12 +161,13 @@ class Pipeline:
         texts = [normalize(model_input(m.subject or "", m.text)) for m in messages]
         _, (languages_p, departments, angry) = self._probabilities(texts)
         languages = self.language.identify_with(texts, languages_p)
-        angry_column = self.escalation_model.classes.index("true")
+        choices = self._model_choices(departments)
+        angry_column = angry[:, self.escalation_model.classes.index("true")].tolist()
         rules = self.rules.current()
         now = self._clock()
         return [
             self._decide(
-                message, ctx, text, language, departments[i], float(angry[i, angry_column]), rules, now
+                message, ctx, text, language, choices[i], departments[i], angry_column[i], rules, now
             )
             for i, (message, ctx, text, language) in enumerate(
                 zip(messages, context, texts, languages, strict=True)
@@ -179,6 +180,7 @@ class Pipeline:
         context: ConversationContext,
         text: str,
         language: LanguageGuess,
+        model_choice: _Candidate,
         probabilities: npt.NDArray[np.float32],
         angry: float,
         rules: RuleSet,
@@ -189,7 +191,6 @@ class Pipeline:
         outcome = rules.apply(message, language.language)
         reasons.extend(outcome.reasons)
         auto = message.metadata.get("auto_submitted")
-        model_choice = self._model_choice(probabilities)
         if outcome.department is not None:
             choice = _Candidate(outcome.department, 1.0)
         elif isinstance(auto, str) and auto in AUTO_SUBMITTED:
@@ -235,11 +236,14 @@ class Pipeline:
             return LanguageGuess(hint.split("-")[0].lower(), guess.confidence, "hint")
         return guess
 
-    def _model_choice(self, probabilities: npt.NDArray[np.float32]) -> _Candidate:
+    def _model_choices(self, probabilities: npt.NDArray[np.float32]) -> list[_Candidate]:
+        """The best configured department of each message, its probability renormalized over them."""
         allowed = np.where(self._allowed, probabilities, -1.0)
-        best = int(allowed.argmax())
-        total = float(probabilities[self._allowed].sum()) or 1.0
-        return _Candidate(self.department_model.classes[best], float(probabilities[best]) / total)
+        best = allowed.argmax(axis=1)
+        totals = probabilities[:, self._allowed].sum(axis=1)
+        confidence = probabilities[np.arange(len(best)), best] / np.where(totals > 0, totals, 1.0)
+        classes = self.department_model.classes
+        return [_Candidate(classes[b], c) for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]
 
     def _with_affinity(
         self,
