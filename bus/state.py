@@ -7,13 +7,8 @@ afterwards reads are served from memory and every write is produced (and confirm
 
 from __future__ import annotations
 
-import asyncio
-
-from aiokafka import AIOKafkaConsumer
-
 from bus.admin import partitions_of
-from bus.consumer import behind
-from bus.options import client_options
+from bus.changelog import read_changelog
 from bus.producer import Producer
 from models.config import KafkaConfig
 
@@ -24,35 +19,10 @@ _SEPARATOR = "\x1f"
 
 async def read_compacted(config: KafkaConfig, topic: str, timeout: float = 60.0) -> dict[bytes, bytes]:
     """Every key's newest value in *topic*, read from the beginning to the current end."""
-    consumer = AIOKafkaConsumer(
-        **client_options(config), enable_auto_commit=False, isolation_level="read_committed"
-    )
-    await consumer.start()
-    try:
-        partitions = await partitions_of(config, [topic])
-        if not partitions:
-            return {}
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        values: dict[bytes, bytes] = {}
-        async with asyncio.timeout(timeout):
-            while await behind(consumer, ends):
-                batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-                for records in batches.values():
-                    for record in records:
-                        if record.key is None:
-                            continue
-                        if record.value is None:
-                            values.pop(record.key, None)
-                        else:
-                            values[record.key] = record.value
-        return values
-    finally:
-        # aiokafka starts a coordinator task on assign(); stopping before it first ran
-        # surfaces as CancelledError, so let it run once.
-        await asyncio.sleep(0)
-        await consumer.stop()
+    partitions = [tp.partition for tp in await partitions_of(config, [topic])]
+    snapshot = await read_changelog(config, topic, partitions, timeout=timeout)
+    # Keys are partitioned by hash, so one key lives in one partition: the merge loses nothing.
+    return {key: value for table in snapshot.values() for key, value in table.items()}
 
 
 class KafkaStateStore:
