@@ -355,6 +355,9 @@ async def test_backfill_since_publishes_older_mail_of_that_date_on(harness: Harn
     config = harness.config(backfill_since="2026-01-01", batch_size=1)
     _, health, _ = await harness.start(config)
     await until(lambda: health.ready, what="the backfill")
+    # Ready means connected, which can be before the backfill's search: wait for its records,
+    # so the next mail is certainly filed after the backfill began.
+    assert len(await harness.inbound(2)) == 2
     await harness.append(mail("Arrived after the start"), when=at("2020-01-01"))
 
     records = in_mailbox_order(await harness.exactly(3))
