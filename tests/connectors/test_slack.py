@@ -41,13 +41,12 @@ from connectors.slack import (
 )
 from models import InboundMessage
 from models.config import HostPort, KafkaConfig
-from models.errors import PublishError
 from models.ids import message_id
 from models.topics import Topics
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness
 from tests.brokers import OwnBroker, outage_rig, running_broker
-from tests.connectors.fixtures.harness import inbound
+from tests.connectors.fixtures.harness import Gate, inbound
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -503,19 +502,15 @@ async def test_a_retry_during_the_first_attempt_waits_for_it_and_makes_no_second
 async def test_broker_failure_is_503_then_slacks_retry_is_published_once(
     serve_slack: Any, connector_context: ConnectorContext, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    broker_up = False
+    broker = Gate(connector_context.publish)
+    broker.close()
 
-    async def flaky_publish(message: InboundMessage) -> None:
-        if not broker_up:
-            raise PublishError("broker unreachable")
-        await connector_context.publish(message)
-
-    slack = await serve_slack(slack_context(connector_context, publish=flaky_publish))
+    slack = await serve_slack(slack_context(connector_context, publish=broker.publish))
     down = await slack.post(fixture("message_im"))
     assert down.status_code == 503
     assert down.headers["Retry-After"] == "1"
     assert await inbound(kafka_config, topics.inbound) == []
-    broker_up = True
+    broker.open()
     first_retry = await slack.post(fixture("message_im"), retry=1)
     second_retry = await slack.post(fixture("message_im"), retry=2)
     assert (first_retry.json()["outcome"], second_retry.json()["outcome"]) == ("published", "duplicate")
@@ -721,19 +716,15 @@ async def test_socket_mode_acks_each_envelope_after_its_record_is_durable(
     connector_context: ConnectorContext, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
     fake = FakeSlackSocket()
-    broker_up = False
-
-    async def flaky_publish(message: InboundMessage) -> None:
-        if not broker_up:
-            raise PublishError("broker unreachable")
-        await connector_context.publish(message)
+    broker = Gate(connector_context.publish)
+    broker.close()
 
     async with serve(fake.handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         api = FakeApi()
         api.socket_url = f"ws://127.0.0.1:{port}/link/?ticket=t1"
         config = SlackConfig(name=INSTANCE, type="slack", app_token="xapp-1-A1-1-abc", drain_timeout=1)
-        context = slack_context(connector_context, publish=flaky_publish)
+        context = slack_context(connector_context, publish=broker.publish)
         connector = SlackConnector(config, context, api=api)
         await connector.start()
         try:
@@ -744,7 +735,7 @@ async def test_socket_mode_acks_each_envelope_after_its_record_is_durable(
             await fake.send(envelope("env-1", socket_event["payload"]))  # broker down: no ack
             with pytest.raises(TimeoutError):
                 await next_ack(fake, timeout=1.0)
-            broker_up = True
+            broker.open()
             await fake.send(envelope("env-1b", socket_event["payload"], retry=1))  # Slack redelivers
             assert await next_ack(fake) == "env-1b"
             await fake.send(envelope("env-1c", socket_event["payload"], retry=2))

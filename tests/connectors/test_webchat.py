@@ -24,12 +24,11 @@ from connectors.base import ConnectorContext
 from connectors.webchat import CHANNEL_TYPE, WebchatConfig, WebchatConnector, check, normalize_origin
 from models import InboundMessage
 from models.config import HostPort, KafkaConfig
-from models.errors import PublishError
 from models.topics import Topics
 from switchboard.http import HttpServer, build_app
 from switchboard.supervision import Readiness
 from tests.brokers import OwnBroker, outage_rig, running_broker
-from tests.connectors.fixtures.harness import inbound
+from tests.connectors.fixtures.harness import Gate, inbound
 
 INSTANCE = "website-chat"
 ORIGIN = "https://shop.example.com"
@@ -221,14 +220,10 @@ async def test_a_resend_while_the_first_is_publishing_shares_its_outcome(
 async def test_broker_down_is_an_unavailable_frame_and_the_retry_is_published_once(
     serve_chat: Any, connector_context: ConnectorContext, kafka_config: KafkaConfig, topics: Topics
 ) -> None:
-    broker_up = False
+    broker = Gate(connector_context.publish)
+    broker.close()
 
-    async def flaky_publish(message: InboundMessage) -> None:
-        if not broker_up:
-            raise PublishError("broker unreachable")
-        await connector_context.publish(message)
-
-    chat = await serve_chat(dataclasses.replace(connector_context, publish=flaky_publish))
+    chat = await serve_chat(dataclasses.replace(connector_context, publish=broker.publish))
     async with chat.open() as ws:
         await hello(ws)
         await send(ws, type="message", id="m1", text="Is anyone there?")
@@ -241,7 +236,7 @@ async def test_broker_down_is_an_unavailable_frame_and_the_retry_is_published_on
             "retry_after": 1.0,
         }
         assert await inbound(kafka_config, topics.inbound) == []
-        broker_up = True
+        broker.open()
         await send(ws, type="message", id="m1", text="Is anyone there?")
         ack = await frame(ws)
         assert ack["type"] == "ack" and ack["duplicate"] is False
