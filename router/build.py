@@ -44,14 +44,25 @@ def build(corpus: Path, version: str) -> None:
     department = train_model(train, name=f"default-{version}")
     department.save(packaged_model_path("department"))
 
+    # The same examples, so the same inverse document frequencies: the router then scores the
+    # three models with one sparse product.
     features = Featurizer(DEFAULT_SPEC).transform([e.model_input for e in train])
+    idf = department.idf
     languages = [e.language or "und" for e in train]
-    language = fit_linear(f"language-{version}", features, languages, spec=DEFAULT_SPEC, regularization=10.0)
+    language = fit_linear(
+        f"language-{version}", features, languages, spec=DEFAULT_SPEC, regularization=10.0, idf=idf
+    )
     language.save(packaged_model_path("language"))
 
     escalation_labels = ["true" if e.escalate else "false" for e in train]
     escalation = fit_linear(
-        f"escalation-{version}", features, escalation_labels, spec=DEFAULT_SPEC, regularization=5.0
+        f"escalation-{version}",
+        features,
+        escalation_labels,
+        spec=DEFAULT_SPEC,
+        kind="svm",
+        regularization=1.0,
+        idf=idf,
     )
     escalation.save(packaged_model_path("escalation"))
     print(f"models written to {packaged_model_path('department').parent}")

@@ -1,8 +1,9 @@
 """Linear classifiers over hashed n-gram features, saved as plain numpy archives.
 
-One shape serves every model the router ships (department, language, escalation): a weight
-matrix ``dimensions x classes``, a bias per class and a softmax temperature fitted on held-out
-data so that ``confidence`` means what it says. Files are ``.npz`` archives read with
+One shape serves every model the router ships (department, language, escalation): the inverse
+document frequencies of its training features, a weight matrix ``dimensions x classes``, a bias
+per class and a softmax temperature fitted on held-out data so that ``confidence`` means what it
+says. Files are ``.npz`` archives read with
 ``allow_pickle=False``: loading a model a user names never executes code from it.
 """
 
@@ -23,7 +24,8 @@ from router.features import Features, FeatureSpec
 
 __all__ = ["FORMAT", "LinearModel", "ModelFileError", "fit_linear", "softmax"]
 
-FORMAT = "switchboard-linear/1"
+FORMAT = "switchboard-linear/2"
+_FORMATS = ("switchboard-linear/1", FORMAT)  # format 1: no inverse document frequencies
 
 
 class ModelFileError(InvalidInput):
@@ -41,12 +43,13 @@ class LinearModel:
     bias: npt.NDArray[np.float32]
     temperature: float = 1.0
     info: dict[str, Any] | None = None
+    idf: npt.NDArray[np.float32] | None = None  # None for models saved in format 1
 
     def scores(self, features: Features) -> npt.NDArray[np.float32]:
         """Raw class scores, one row per message of the batch."""
         if features.dimensions != self.spec.dimensions:
             raise ValueError("features were hashed for another model")
-        result: npt.NDArray[np.float32] = features.product(self.weights) + self.bias
+        result: npt.NDArray[np.float32] = features.product(self.weights, self.idf) + self.bias
         return result
 
     def probabilities(self, features: Features) -> npt.NDArray[np.float32]:
@@ -65,12 +68,15 @@ class LinearModel:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
+        if self.idf is None:
+            raise ValueError("a model without inverse document frequencies cannot be saved")
         with temporary.open("wb") as handle:
             np.savez_compressed(
                 handle,
                 meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8),
                 weights=self.weights.astype(np.float16),
                 bias=self.bias.astype(np.float32),
+                idf=self.idf.astype(np.float16),
             )
         temporary.replace(path)
 
@@ -82,12 +88,15 @@ class LinearModel:
                 meta = json.loads(archive["meta"].tobytes().decode())
                 weights = archive["weights"].astype(np.float32)
                 bias = archive["bias"].astype(np.float32)
+                idf = archive["idf"].astype(np.float32) if "idf" in archive.files else None
         except FileNotFoundError as error:
             raise ModelFileError(f"{path}: no such model file") from error
         except (OSError, ValueError, KeyError) as error:
             raise ModelFileError(f"{path}: not a Switchboard model ({error})") from error
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in _FORMATS:
             raise ModelFileError(f"{path}: not a {FORMAT} model file")
+        if (idf is None) != (meta["format"] == _FORMATS[0]):
+            raise ModelFileError(f"{path}: damaged model file (inverse document frequencies)")
         try:
             spec = FeatureSpec(
                 bits=int(meta["spec"]["bits"]),
@@ -104,11 +113,14 @@ class LinearModel:
                 bias=bias,
                 temperature=float(meta.get("temperature", 1.0)),
                 info=dict(meta.get("info") or {}),
+                idf=idf,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{path}: damaged model metadata ({error})") from error
         if weights.shape != (spec.dimensions, len(classes)) or bias.shape != (len(classes),):
             raise ModelFileError(f"{path}: weights do not match the model's classes and features")
+        if idf is not None and idf.shape != (spec.dimensions,):
+            raise ModelFileError(f"{path}: inverse document frequencies do not match the features")
         return model
 
 
@@ -158,20 +170,24 @@ def fit_linear(
     kind: Kind = "logistic",
     regularization: float = 20.0,
     info: dict[str, Any] | None = None,
+    idf: npt.NDArray[np.float32] | None = None,
 ) -> LinearModel:
     """Train a linear classifier whose softmax temperature is fitted on held-out examples.
 
     ``svm`` (a linear SVM) separates the departments best on the team corpus; its margins are
     turned into probabilities by the same softmax, with the temperature that makes them
     calibrated on a held-out fifth (every fifth example). The final weights are then trained
-    on every example.
+    on every example. *idf* defaults to the inverse document frequencies of *features*; models
+    trained on the same examples can share one array (the router then scores them together).
     """
     classes = tuple(sorted(set(labels)))
     if len(classes) < 2:
         raise InvalidInput("training needs examples of at least two classes")
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
-    matrix = features.canonical_matrix()
+    if idf is None:
+        idf = features.inverse_document_frequencies()
+    matrix = features.canonical_matrix(idf)
     everything = np.arange(len(y))
     held_out = everything % 5 == 4
     temperature = 1.0
@@ -193,4 +209,5 @@ def fit_linear(
         bias=intercept.astype(np.float32),
         temperature=temperature,
         info={**(info or {}), "estimator": kind, "regularization": regularization},
+        idf=idf,
     )

@@ -117,31 +117,38 @@ class Pipeline:
         self._fallback = "general" if "general" in config.departments else configured[0]
         self._models = (language.model, department_model, escalation_model)
         self._featurizers: dict[FeatureSpec, Featurizer] = {}
-        stacks: dict[FeatureSpec, list[int]] = {}
+        stacks: dict[tuple[FeatureSpec, bytes | None], list[int]] = {}
         for index, model in enumerate(self._models):
-            stacks.setdefault(model.spec, []).append(index)
+            frequencies = None if model.idf is None else model.idf.tobytes()
+            stacks.setdefault((model.spec, frequencies), []).append(index)
             self._featurizers.setdefault(model.spec, Featurizer(model.spec))
-        self._stacks = {
-            spec: (
+        self._stacks = [
+            (
+                spec,
                 indexes,
+                self._models[indexes[0]].idf,
                 np.ascontiguousarray(np.hstack([self._models[i].weights for i in indexes])),
                 np.concatenate([self._models[i].bias for i in indexes]),
             )
-            for spec, indexes in stacks.items()
-        }
+            for (spec, _), indexes in stacks.items()
+        ]
 
     def _probabilities(self, texts: Sequence[str]) -> tuple[Features, list[npt.NDArray[np.float32]]]:
         """Each model's class probabilities for the batch, in the order of ``self._models``.
 
-        Models that share a feature spec share one featurization and one sparse product: their
-        weights are stacked side by side, so the batch's features are read once, not per model.
+        Models that share a feature spec share one featurization; those trained on the same
+        examples (the packaged three) also share their inverse document frequencies and one sparse
+        product: their weights are stacked side by side, so the batch is read once, not per model.
         """
         outputs: list[npt.NDArray[np.float32]] = [np.empty(0, dtype=np.float32)] * len(self._models)
         first: Features | None = None
-        for spec, (indexes, weights, bias) in self._stacks.items():
-            features = self._featurizers[spec].transform_normalized(texts)
+        computed: dict[FeatureSpec, Features] = {}
+        for spec, indexes, idf, weights, bias in self._stacks:
+            if spec not in computed:
+                computed[spec] = self._featurizers[spec].transform_normalized(texts)
+            features = computed[spec]
             first = first or features
-            scores = features.product(weights) + bias
+            scores = features.product(weights, idf) + bias
             column = 0
             for index in indexes:
                 model = self._models[index]

@@ -65,7 +65,7 @@ def train_model(examples: Sequence[Example], *, name: str, spec: FeatureSpec = D
         "per_department": dict(sorted(counts.items())),
         "per_language": dict(sorted(languages.items())),
     }
-    return fit_linear(name, features, labels, spec=spec, kind="svm", regularization=0.75, info=info)
+    return fit_linear(name, features, labels, spec=spec, kind="svm", regularization=1.0, info=info)
 
 
 def _refuse_packaged(output: Path) -> None:

@@ -36,9 +36,43 @@ def test_hashes_are_pinned_across_processes_and_versions() -> None:
 
 def test_weights_put_long_and_short_messages_on_one_scale() -> None:
     features = Featurizer().transform(["short", "a much longer message " * 20])
+    idf = features.inverse_document_frequencies()
+    weights = features.weights(idf)
     for document in (0, 1):
-        weights = features.weights[features.documents == document]
-        assert np.isclose(float((weights**2).sum()), 1.0, atol=1e-4)
+        for words in (False, True):  # characters and words are each one unit long
+            block = weights[(features.documents == document) & (features.words == words)]
+            assert np.isclose(float((block**2).sum()), 1.0, atol=1e-4)
+
+
+def test_each_distinct_n_gram_is_one_entry_with_its_count() -> None:
+    features = Featurizer().transform(["refund refund refund", "refund"])
+    word = features.words & (features.counts == 3)
+    assert word.sum() >= 1 and set(features.documents[word].tolist()) == {0}
+    keys = list(
+        zip(features.documents.tolist(), features.words.tolist(), features.buckets.tolist(), strict=True)
+    )
+    assert len(keys) == len(set(keys))
+    assert features.documents.tolist() == sorted(features.documents.tolist())
+
+
+def test_repeating_a_word_counts_less_than_linearly() -> None:
+    featurizer = Featurizer()
+    training = featurizer.transform(["refund my order", "where is my order", "refund please"])
+    idf = training.inverse_document_frequencies()
+    once = featurizer.transform(["refund"])
+    thrice = featurizer.transform(["refund refund refund"])
+    one = once.weights(idf)[(once.documents == 0) & once.words]
+    three = thrice.weights(idf)[thrice.words]
+    assert len(three) > len(one)  # the word pairs "refund refund" join the word
+    assert float(three.max()) < 3 * float(one.max())
+
+
+def test_rare_n_grams_weigh_more_than_common_ones() -> None:
+    training = Featurizer().transform(["my order", "my parcel", "my invoice", "my refund"])
+    idf = training.inverse_document_frequencies()
+    common = Featurizer().transform(["my"]).buckets
+    rare = Featurizer().transform(["invoice"]).buckets
+    assert float(idf[rare].mean()) > float(idf[common].mean())
 
 
 def test_matrix_rows_follow_the_batch_order() -> None:
