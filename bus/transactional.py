@@ -55,6 +55,11 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 _PARTITIONER = DefaultPartitioner()
 # Batches are built here, a partition's records at a time: room for many records per request.
 _BATCH_BYTES = 512 * 1024
+# Right after a commit the coordinator answers CONCURRENT_TRANSACTIONS (error 51) until its
+# markers are written, and aiokafka retries the next transaction's AddPartitionsToTxn after the
+# retry backoff. Measured with bench/router_e2e.py: about one transaction in six met it, and at
+# the general 200 ms backoff those waits were most of the router's idle time.
+_TXN_BACKOFF_MS = 20
 Logger = structlog.typing.FilteringBoundLogger
 
 
@@ -210,7 +215,7 @@ class _ExactlyOnce:
 
     async def _open_one(self, tp: TopicPartition) -> None:
         producer = AIOKafkaProducer(
-            **producer_options(self._config, idempotent=True),
+            **{**producer_options(self._config, idempotent=True), "retry_backoff_ms": _TXN_BACKOFF_MS},
             max_batch_size=_BATCH_BYTES,
             transactional_id=self.transactional_id(tp),
             transaction_timeout_ms=self._tuning.transaction_timeout_ms,
