@@ -84,7 +84,12 @@ def build_decider(choice: str, router: RouterConfig) -> tuple[Any, str]:
             if choice == "real":
                 raise
         else:
-            return real(router, lambda: datetime.now(UTC)), "real (router.pipeline)"
+            from switchboard.processes import settle_garbage_collector
+
+            pipeline = real(router, lambda: datetime.now(UTC))
+            pipeline.warm_up()  # as `switchboard router run` does before joining the group
+            settle_garbage_collector()
+            return pipeline, "real (router.pipeline)"
     return StandInDecider(router.departments), "stand-in"
 
 

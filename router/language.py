@@ -126,6 +126,11 @@ class LanguageIdentifier:
         self.model = model
         self._general = general
 
+    def warm_up(self) -> None:
+        """Read the general identifier's model now rather than on the first message needing it."""
+        if self._general is not None:
+            self._general("warm up")
+
     def identify(self, texts: Sequence[str], features: Features) -> list[LanguageGuess]:
         """One guess per text; *features* are the texts' features under ``model.spec``."""
         return self.identify_with(texts, self.model.probabilities(features))

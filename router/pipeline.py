@@ -25,7 +25,7 @@ from models import InboundMessage, Routing
 from models.config import RouterConfig
 from models.messages import Priority
 from router.escalation import CueMatcher, judge
-from router.features import Features, FeatureSpec, Featurizer, model_input, normalize
+from router.features import SMALL_BATCH, Features, FeatureSpec, Featurizer, model_input, normalize
 from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
 from router.linear import LinearModel, ModelFileError, softmax
 
@@ -157,6 +157,15 @@ class Pipeline:
                 column += width
         assert first is not None
         return first, outputs
+
+    def warm_up(self) -> None:
+        """Load what the first batch would otherwise load lazily (scipy, py3langid's model).
+
+        A long-running router calls it before joining its group, so the first batch is not a
+        second late; one-off commands (``classify``) skip it and start fast.
+        """
+        self.language.warm_up()
+        self._probabilities(["warm up"] * (SMALL_BATCH + 1))
 
     def decide_batch(
         self, messages: Sequence[InboundMessage], context: Sequence[ConversationContext]
