@@ -13,7 +13,8 @@ For each delivery mode (exactly once with transactions, at least once) it measur
   router / pipe (target >= 60 %);
 - latency: records produced at a fixed *rate* for *seconds*, time from the producer's send to a
   ``read_committed`` reader receiving the output, p50/p99 for pipe and router, and the router's
-  added latency (target p99 < 50 ms). The first second (group join) is not counted.
+  added latency (target p99 < 50 ms). Each starts once its consumer owns every partition (the
+  router: fenced and restored too), and the first second is not counted.
 
 The decider is the real one (``router.pipeline.build_decider``) when importable (``auto``), else a
 stand-in that costs nothing. ``--full`` means 200,000 messages and 30 s of latency.
@@ -28,7 +29,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,15 @@ async def paced_latency(
     return latencies
 
 
+async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait until *condition* holds: latency is measured from a ready consumer, not its start-up."""
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the consumer did not get its partitions")
+        await asyncio.sleep(0.05)
+
+
 def percentile(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
@@ -371,6 +381,7 @@ async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace, decider:
     pipe = BarePipe(pipe_latency, Topics(pipe_latency.topic_prefix).inbound, sink, exactly_once)
     await pipe.start()
     try:
+        await until(lambda: len(pipe.consumer.assignment()) == PARTITIONS)
         bare = await paced_latency(pipe_latency, [sink], args.rate, args.seconds, corpus)
     finally:
         await pipe.stop()
@@ -381,6 +392,7 @@ async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace, decider:
     service = router_service(router_latency, decider)
     await service.start()
     try:
+        await until(lambda: len(service.owned_partitions()) == PARTITIONS)
         sinks = [router_topics.department(d) for d in departments] + [router_topics.triage]
         routed = await paced_latency(router_latency, sinks, args.rate, args.seconds, corpus)
     finally:

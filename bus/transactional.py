@@ -390,6 +390,10 @@ class TransactionalLoop:
         if task is not None:
             await task
 
+    def owned(self) -> list[int]:
+        """The partitions this loop processes now (assigned, fenced, restored), sorted."""
+        return sorted(tp.partition for tp in self._ready)
+
     def lag(self) -> dict[int, int]:
         """Records not yet committed per owned partition, from the last fetch (no request)."""
         consumer = self._consumer

@@ -462,6 +462,10 @@ class RouterService:
         self.metrics.conversations.set_function(lambda: len(self._processor.affinity))
         self.metrics.lag.set_function(self._lag)
 
+    def owned_partitions(self) -> list[int]:
+        """The ``sb.inbound`` partitions this router is routing now (empty before it is ready)."""
+        return self._loop.owned() if self._loop is not None else []
+
     def _lag(self) -> float:
         return float(sum(self._loop.lag().values())) if self._loop is not None else 0.0
 
