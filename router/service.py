@@ -20,6 +20,7 @@ fencing, at-least-once fallback) are :class:`bus.transactional.TransactionalLoop
 from __future__ import annotations
 
 import asyncio
+from collections import Counter as Tally
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -287,20 +288,19 @@ class _RouterProcessor:
     def committed(self, outputs: Sequence[Output], seconds: float) -> None:
         """Count what became visible: each output's tag says what it stands for."""
         metrics = self._metrics
-        for output in outputs:
-            if output.tag is None:
-                continue
-            kind, _, label = output.tag.partition(":")
+        # Counted per batch, then added: a labelled counter's lookup costs more than the add.
+        for tag, count in Tally(o.tag for o in outputs if o.tag is not None).items():
+            kind, _, label = tag.partition(":")
             if kind == "routed":
-                metrics.routed.labels(department=label).inc()
+                metrics.routed.labels(department=label).inc(count)
             elif kind == "triaged":
-                metrics.triaged.labels(department=label).inc()
+                metrics.triaged.labels(department=label).inc(count)
             elif kind == "escalated":
-                metrics.escalated.labels(department=label).inc()
+                metrics.escalated.labels(department=label).inc(count)
             elif kind == "dlq":
-                metrics.dlq.labels(error_class=label).inc()
+                metrics.dlq.labels(error_class=label).inc(count)
             elif kind == "dropped":
-                metrics.dropped.inc()
+                metrics.dropped.inc(count)
         metrics.batch_seconds.observe(seconds)
 
     # ------------------------------------------------------------------ deciding
