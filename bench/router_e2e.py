@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from bus.admin import ensure_topics, partitions_of
@@ -352,11 +353,33 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Remove this run's topics: repeated runs would otherwise pile thousands of partitions onto
+    the broker, and a broker with that many slows down every later measurement."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if ours:
+            await admin.delete_topics(ours, timeout_ms=30_000)
+    finally:
+        await admin.close()
+
+
 async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace, decider: Any) -> dict[str, float]:
+    run = uuid.uuid4().hex[:6]
+    try:
+        return await measure_mode(bootstrap, mode, run, args, decider)
+    finally:
+        await delete_topics(bootstrap, f"bench{run}{mode}")
+
+
+async def measure_mode(
+    bootstrap: str, mode: str, run: str, args: argparse.Namespace, decider: Any
+) -> dict[str, float]:
     exactly_once = mode == "eos"
     delivery = "exactly_once" if exactly_once else "at_least_once"
     corpus = texts()
-    run = uuid.uuid4().hex[:6]
 
     def config(tag: str) -> KafkaConfig:
         return KafkaConfig(
