@@ -113,7 +113,6 @@ class Features:
     words: npt.NDArray[np.bool_]
     size: int
     dimensions: int
-    _matrices: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def weights(self, idf: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
         """Each entry's value for a model with these inverse document frequencies.
@@ -146,21 +145,18 @@ class Features:
         return out
 
     def matrix(self, idf: npt.NDArray[np.float32] | None = None) -> Any:
-        """The batch as a sparse ``size x dimensions`` matrix, built once per batch and weighting.
+        """The batch as a sparse ``size x dimensions`` matrix under a model's weighting.
 
         A bucket hit by both a character n-gram and a word is two entries of one column, which
         products sum anyway; use :meth:`canonical_matrix` where a library needs them merged.
         """
-        key = id(idf)
-        if key not in self._matrices:
-            from scipy import sparse  # imported on the first batch: it costs a third of a second
+        from scipy import sparse  # imported on the first batch: it costs a third of a second
 
-            pointers = np.zeros(self.size + 1, dtype=np.int64)
-            np.cumsum(np.bincount(self.documents, minlength=self.size), out=pointers[1:])
-            self._matrices[key] = sparse.csr_matrix(
-                (self.weights(idf), self.buckets, pointers), shape=(self.size, self.dimensions)
-            )
-        return self._matrices[key]
+        pointers = np.zeros(self.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.documents, minlength=self.size), out=pointers[1:])
+        return sparse.csr_matrix(
+            (self.weights(idf), self.buckets, pointers), shape=(self.size, self.dimensions)
+        )
 
     def canonical_matrix(self, idf: npt.NDArray[np.float32] | None = None) -> Any:
         """The same matrix with duplicates summed and indices sorted (for training)."""
@@ -264,12 +260,8 @@ class Featurizer:
 
     def transform_normalized(self, texts: Sequence[str]) -> Features:
         """Features of texts that already went through :func:`normalize`."""
-        dimensions = self.spec.dimensions
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Features(
-                empty, empty, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool), 0, dimensions
-            )
+            return _distinct([], [], 0, 0, self.spec)
         # Each document is framed by spaces (word edges become n-grams) and separated from the
         # next by a separator no n-gram may cross.
         joined = _SEPARATOR.join(f" {t} " for t in texts)
