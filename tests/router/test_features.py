@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import string
+import unicodedata
+from pathlib import Path
+
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.features import MAX_MODEL_CHARS, FeatureSpec, Featurizer, model_input, normalize
+
+CORPUS = Path(__file__).resolve().parents[2] / "router" / "corpus"
 
 
 def _buckets(features, document: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -14,6 +23,37 @@ def _buckets(features, document: int) -> list[int]:  # type: ignore[no-untyped-d
 def test_normalize_folds_case_digits_punctuation_and_spaces() -> None:
     assert normalize("Order #4471  NOT delivered!!") == "order 0000 not delivered"
     assert normalize("ＡＢＣ") == "abc"  # full-width forms (NFKC)
+
+
+# normalize() as first written (one str.translate): the models were trained on its output, so the
+# faster byte-level version must give exactly the same text for any input.
+_REFERENCE_FOLD = {
+    **dict.fromkeys(map(ord, string.punctuation + "¡¿«»“”‘’„‚…–—·•।॥،؛؟。、！？：；（）［］｛｝\x00"), " "),
+    **dict.fromkeys(map(ord, "123456789"), "0"),
+}
+
+
+def _reference_normalize(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_REFERENCE_FOLD).split())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.characters(codec=None), max_size=60)
+    | st.text("Ab1 !?¡。\u0964ß①Ⅻ\x00\ud800", max_size=30)
+)
+def test_normalize_matches_its_reference_definition(text: str) -> None:
+    assert normalize(text) == _reference_normalize(text)
+
+
+def test_normalize_matches_its_reference_on_the_corpus() -> None:
+    texts = [
+        model_input(row.get("subject") or "", row["text"])
+        for path in sorted(CORPUS.glob("*.jsonl"))
+        for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+    ]
+    assert len(texts) > 10_000
+    assert [normalize(t) for t in texts] == [_reference_normalize(t) for t in texts]
 
 
 def test_indic_combining_marks_stay_inside_words() -> None:
