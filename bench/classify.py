@@ -8,7 +8,8 @@ six languages, native script, romanized and code-mixed), repeated to *messages*.
 
 - ``router decide_batch``: the full ``Pipeline.decide_batch`` (normalize, featurize, language,
   department and escalation models, rules, cues, affinity, ``Routing`` records);
-- ``router featurize``: ``Featurizer.transform`` alone (normalize + hashed n-grams);
+- ``router featurize``: ``Featurizer.transform`` alone (normalize + hashed n-grams), counted in C
+  where ``router._ngrams`` is built; ``router featurize (numpy)``: the same on the numpy path;
 - ``router feat+3 models``: normalize, featurize and the three models' probabilities (the
   pipeline's ``_probabilities``), i.e. ``decide_batch`` without its per-message steps;
 - ``peer tfidf vectorize`` / ``peer tfidf+LR proba``: the usual scikit-learn way of doing the
@@ -166,6 +167,7 @@ def main() -> None:
 
     pipeline = build_decider(RouterConfig(), lambda: datetime.now(UTC))
     featurizer = Featurizer(pipeline.department_model.spec)
+    numpy_featurizer = Featurizer(pipeline.department_model.spec, native=False)
     peer = peer_model(train)
     peer_vectorizer = peer.steps[0][1]
 
@@ -188,9 +190,12 @@ def main() -> None:
         )
         peer_full = best_of(args.runs, "peer tfidf+LR proba", peer.predict_proba, inputs[:count], batch)
         features = best_of(args.runs, "router featurize", featurizer.transform, inputs[:count], batch)
+        numpy_features = best_of(
+            args.runs, "router featurize (numpy)", numpy_featurizer.transform, inputs[:count], batch
+        )
         models = best_of(args.runs, "router feat+3 models", probabilities, inputs[:count], batch)
         full = best_of(args.runs, "router decide_batch", decide, messages[:count], batch)
-        rows += [(full, peer_full), (models, peer_full), (features, peer_vec)]
+        rows += [(full, peer_full), (models, peer_full), (features, peer_vec), (numpy_features, peer_vec)]
         rows += [(peer_full, None), (peer_vec, None)]
 
     print(

@@ -1,0 +1,521 @@
+/*
+ * router._ngrams: the featurizer's n-gram counter in C.
+ *
+ * router/features.py describes the features; its numpy path is the reference and this module
+ * must give the same entries, bit for bit. numpy has to materialise every n-gram of the batch
+ * and sort them all to count repeats; here each document is counted on its own in a small
+ * hash table that stays in cache, which is several times faster.
+ *
+ * The table is an ordered linear-probing table: a bucket's home slot is the bucket scaled down
+ * to the table size, so homes rise with buckets, and an insertion keeps its run sorted. The
+ * whole table stays sorted, and reading it front to back gives the document's entries in the
+ * order the reference's global sort gives them. That order is not needed for the counts, but
+ * the models sum a document's values in entry order, so matching it makes their floating point
+ * results identical too. Probing never wraps: the table has room past its last home for the
+ * longest possible run.
+ *
+ * Only the CPython C API is used (no numpy headers), so building needs a C compiler and
+ * Python's headers and nothing else. Counting runs without the GIL and keeps no global state.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The constants of router/features.py; they fix every bucket a trained model knows. */
+#define RADIX UINT64_C(0x100000001B3)
+#define ORDER_SALT UINT64_C(0x9E3779B97F4A7C15)
+#define WORD_SALT UINT64_C(0xC2B2AE3D27D4EB4F)
+#define BIGRAM_SALT UINT64_C(0x165667B19E3779F9)
+#define MIX_1 UINT64_C(0xBF58476D1CE4E5B9)
+#define MIX_2 UINT64_C(0x94D049BB133111EB)
+
+#define SPACE 32u
+#define SEPARATOR 0u
+#define MIN_BITS 8
+#define MAX_BITS 24
+#define MAX_ORDER 8
+#define SMALLEST_TABLE 16
+
+enum block { CHARACTERS = 0, WORDS = 1 };
+
+enum outcome { DONE = 0, OUT_OF_MEMORY, DOCUMENT_TOO_LONG, WRONG_DOCUMENT_COUNT };
+
+/* One distinct bucket of a document; a count of 0 marks an empty slot. */
+typedef struct {
+    uint32_t bucket;
+    uint32_t count;
+} Slot;
+
+typedef struct {
+    Slot *slots;        /* enough for the largest document of the batch */
+    uint64_t *occupied; /* a bit per slot, so emptying the table visits its entries, not every slot */
+    size_t span;        /* slots the current block may use */
+    unsigned shift;     /* a bucket's home is bucket >> shift */
+} Table;
+
+/* The batch's entries in output order, allocated once for the most the batch can have. */
+typedef struct {
+    int64_t *keys;
+    float *counts;
+    size_t length;
+} Entries;
+
+typedef struct {
+    const uint32_t *codes;
+    size_t length;
+    size_t documents; /* the caller's count, checked against the separators */
+    unsigned bits;
+    uint32_t times[MAX_ORDER + 1]; /* how often each order is listed (a repeated order counts twice) */
+    unsigned longest_order;
+    int words;
+    int word_pairs;
+} Request;
+
+/* What a first pass over the codes learns before anything is allocated. */
+typedef struct {
+    size_t documents;
+    size_t largest; /* most n-gram occurrences in one block of one document */
+    size_t entries; /* most entries the whole batch can have */
+    int too_long;   /* a document has more n-grams than a slot can count */
+} Survey;
+
+/* splitmix64's finaliser, as _mix in features.py: nearby hashes spread over all buckets. */
+static inline uint64_t mix(uint64_t hash, uint64_t salt) {
+    uint64_t h = hash ^ salt;
+    h ^= h >> 30;
+    h *= MIX_1;
+    h ^= h >> 27;
+    h *= MIX_2;
+    h ^= h >> 31;
+    return h;
+}
+
+static inline uint32_t bucket_of(uint64_t mixed, unsigned bits) { return (uint32_t)(mixed >> (64 - bits)); }
+
+static inline unsigned lowest_set_bit(uint64_t word) {
+#if defined(__GNUC__) || defined(__clang__)
+    return (unsigned)__builtin_ctzll(word);
+#else
+    unsigned index = 0;
+    while ((word & 1) == 0) {
+        word >>= 1;
+        index++;
+    }
+    return index;
+#endif
+}
+
+static size_t power_of_two_at_least(size_t n) {
+    size_t size = SMALLEST_TABLE;
+    while (size < n) {
+        size <<= 1;
+    }
+    return size;
+}
+
+static unsigned log2_of(size_t power_of_two) {
+    unsigned log = 0;
+    while (((size_t)1 << log) < power_of_two) {
+        log++;
+    }
+    return log;
+}
+
+/*
+ * Homes for a block of at most `occurrences` n-grams: twice as many as entries keeps the runs
+ * short, and a table as large as the bucket space needs no probing at all.
+ */
+static size_t homes_for(size_t occurrences, unsigned bits) {
+    size_t space = (size_t)1 << bits;
+    if (occurrences > space / 2) {
+        return space;
+    }
+    size_t homes = power_of_two_at_least(2 * occurrences);
+    return homes < space ? homes : space;
+}
+
+/*
+ * A run starts at its first entry's home, so before the last home, and holds at most half as
+ * many entries as there are homes: it ends within half the homes past them.
+ */
+static size_t slots_for(size_t homes) { return homes + homes / 2 + 1; }
+
+static size_t words_for(size_t slots) { return (slots + 63) / 64; }
+
+/* Prepares the (empty) table for a block of at most `occurrences` n-grams. */
+static void table_reset(Table *table, size_t occurrences, unsigned bits) {
+    size_t homes = homes_for(occurrences, bits);
+    table->shift = bits - log2_of(homes);
+    table->span = slots_for(homes);
+}
+
+static inline void table_add(Table *table, uint32_t bucket, uint32_t times) {
+    Slot *slots = table->slots;
+    size_t at = bucket >> table->shift;
+    /* Every slot before the home holds a smaller bucket, so the sorted position is at or after it. */
+    while (slots[at].count != 0 && slots[at].bucket < bucket) {
+        at++;
+    }
+    if (slots[at].count != 0 && slots[at].bucket == bucket) {
+        slots[at].count += times;
+        return;
+    }
+    /* Insert here and move the rest of the run one slot on; runs are short, so no memmove. */
+    Slot carried = {bucket, times};
+    while (slots[at].count != 0) {
+        Slot next = slots[at];
+        slots[at] = carried;
+        carried = next;
+        at++;
+    }
+    slots[at] = carried;
+    table->occupied[at / 64] |= UINT64_C(1) << (at % 64);
+}
+
+/* Moves the table's entries, in bucket order, to the output and leaves the table empty. */
+static void table_emit(Table *table, Entries *entries, int64_t prefix) {
+    Slot *slots = table->slots;
+    int64_t *keys = entries->keys;
+    float *counts = entries->counts;
+    size_t length = entries->length;
+    size_t words = words_for(table->span);
+    for (size_t word = 0; word < words; word++) {
+        uint64_t occupied = table->occupied[word];
+        table->occupied[word] = 0;
+        while (occupied != 0) {
+            size_t at = word * 64 + lowest_set_bit(occupied);
+            occupied &= occupied - 1;
+            keys[length] = prefix | (int64_t)slots[at].bucket;
+            counts[length] = (float)slots[at].count;
+            length++;
+            slots[at].count = 0;
+        }
+    }
+    entries->length = length;
+}
+
+/* Character n-grams of one document (framed by spaces, no separator inside) that can occur. */
+static size_t character_occurrences(const Request *request, size_t length) {
+    size_t total = 0;
+    for (unsigned order = 1; order <= MAX_ORDER; order++) {
+        if (request->times[order] != 0 && length >= order) {
+            total += (length - order + 1) * request->times[order];
+        }
+    }
+    return total;
+}
+
+/* Words and word pairs: a word needs a blank after it, so there are at most length of them together. */
+static size_t word_occurrences(const Request *request, size_t length) {
+    return request->words || request->word_pairs ? length : 0;
+}
+
+static void count_characters(const Request *request, const uint32_t *codes, size_t length, Table *table) {
+    uint64_t powers[MAX_ORDER];
+    uint64_t salts[MAX_ORDER + 1];
+    powers[0] = 1;
+    for (unsigned j = 1; j < MAX_ORDER; j++) {
+        powers[j] = powers[j - 1] * RADIX;
+    }
+    for (unsigned order = 0; order <= MAX_ORDER; order++) {
+        salts[order] = ORDER_SALT * order;
+    }
+    for (size_t start = 0; start < length; start++) {
+        size_t reach = length - start < request->longest_order ? length - start : request->longest_order;
+        int starts_with_space = codes[start] == SPACE;
+        uint64_t hash = 0;
+        /* The hash of [start, start + j + 1) extends that of [start, start + j) by one term. */
+        for (size_t j = 0; j < reach; j++) {
+            uint32_t code = codes[start + j];
+            hash += ((uint64_t)code + 1) * powers[j];
+            uint32_t times = request->times[j + 1];
+            /* An n-gram that starts and ends with a space (or is one) says nothing. */
+            if (times != 0 && !(starts_with_space && code == SPACE)) {
+                table_add(table, bucket_of(mix(hash, salts[j + 1]), request->bits), times);
+            }
+        }
+    }
+}
+
+static void count_words(const Request *request, const uint32_t *codes, size_t length, Table *table) {
+    uint64_t previous = 0;
+    int has_previous = 0;
+    size_t at = 0;
+    while (at < length) {
+        if (codes[at] == SPACE) {
+            at++;
+            continue;
+        }
+        uint64_t hash = 0;
+        uint64_t power = 1;
+        while (at < length && codes[at] != SPACE) {
+            hash += ((uint64_t)codes[at] + 1) * power;
+            power *= RADIX;
+            at++;
+        }
+        if (request->words) {
+            table_add(table, bucket_of(mix(hash, WORD_SALT), request->bits), 1);
+        }
+        /* Pairs combine the words' unmixed hashes, as the reference does. */
+        if (request->word_pairs && has_previous) {
+            table_add(table, bucket_of(mix(previous * RADIX + hash, BIGRAM_SALT), request->bits), 1);
+        }
+        previous = hash;
+        has_previous = 1;
+    }
+}
+
+static void count_document(
+    const Request *request, const uint32_t *codes, size_t length, int64_t document, Table *table,
+    Entries *entries
+) {
+    int64_t row = document << (request->bits + 1);
+    size_t characters = character_occurrences(request, length);
+    size_t words = word_occurrences(request, length);
+    if (characters != 0) {
+        table_reset(table, characters, request->bits);
+        count_characters(request, codes, length, table);
+        table_emit(table, entries, row | ((int64_t)CHARACTERS << request->bits));
+    }
+    if (words != 0) {
+        table_reset(table, words, request->bits);
+        count_words(request, codes, length, table);
+        table_emit(table, entries, row | ((int64_t)WORDS << request->bits));
+    }
+}
+
+static Survey survey_documents(const Request *request) {
+    Survey survey = {0};
+    size_t space = (size_t)1 << request->bits;
+    size_t begin = 0;
+    for (size_t i = 0; i <= request->length; i++) {
+        if (i == request->length || request->codes[i] == SEPARATOR) {
+            size_t characters = character_occurrences(request, i - begin);
+            size_t words = word_occurrences(request, i - begin);
+            survey.largest = characters > survey.largest ? characters : survey.largest;
+            survey.largest = words > survey.largest ? words : survey.largest;
+            /* A block has at most one entry per occurrence and one per bucket. */
+            survey.entries += (characters < space ? characters : space) + (words < space ? words : space);
+            survey.too_long |= characters > UINT32_MAX || words > UINT32_MAX;
+            survey.documents++;
+            begin = i + 1;
+        }
+    }
+    return survey;
+}
+
+/*
+ * Runs without the GIL: reads only the request (whose buffer the caller holds) and memory
+ * allocated here. *found receives the number of documents in the codes.
+ */
+static enum outcome count_all(const Request *request, Entries *entries, size_t *found) {
+    Survey survey = survey_documents(request);
+    *found = survey.documents;
+    if (survey.documents != request->documents) {
+        return WRONG_DOCUMENT_COUNT;
+    }
+    if (survey.too_long) {
+        return DOCUMENT_TOO_LONG;
+    }
+    if (survey.entries > (size_t)PY_SSIZE_T_MAX / sizeof(int64_t)) {
+        return OUT_OF_MEMORY;
+    }
+    /* Never touched, the unused part of this bound costs address space only. */
+    entries->keys = malloc((survey.entries + 1) * sizeof(int64_t));
+    entries->counts = malloc((survey.entries + 1) * sizeof(float));
+    size_t slots = slots_for(homes_for(survey.largest, request->bits));
+    Table table = {0};
+    table.slots = calloc(slots, sizeof(Slot));
+    table.occupied = calloc(words_for(slots), sizeof(uint64_t));
+    enum outcome outcome = OUT_OF_MEMORY;
+    if (entries->keys != NULL && entries->counts != NULL && table.slots != NULL && table.occupied != NULL) {
+        int64_t document = 0;
+        size_t begin = 0;
+        for (size_t i = 0; i <= request->length; i++) {
+            if (i == request->length || request->codes[i] == SEPARATOR) {
+                count_document(request, request->codes + begin, i - begin, document, &table, entries);
+                document++;
+                begin = i + 1;
+            }
+        }
+        outcome = DONE;
+    }
+    free(table.slots);
+    free(table.occupied);
+    return outcome;
+}
+
+static int is_native_uint32(const Py_buffer *view) {
+    if (view->itemsize != 4 || view->format == NULL || view->ndim > 1) {
+        return 0;
+    }
+    const char *format = view->format;
+    int native_order = 1;
+    if (*format == '@' || *format == '=') {
+        format++;
+    } else if (*format == '<' || *format == '>' || *format == '!') {
+        const uint16_t probe = 1;
+        int little_endian = *(const unsigned char *)&probe == 1;
+        native_order = (*format == '<') == little_endian;
+        format++;
+    }
+    /* itemsize 4 was checked: "L" is 4 bytes on the platforms where long is. */
+    return native_order && (strcmp(format, "I") == 0 || strcmp(format, "L") == 0);
+}
+
+/* Checks the arguments and fills the request; on failure sets ValueError and returns -1. */
+static int make_request(
+    Request *request, const Py_buffer *codes, Py_ssize_t documents, int bits, const Py_buffer *orders,
+    int words, int word_pairs
+) {
+    if (!is_native_uint32(codes)) {
+        PyErr_SetString(PyExc_ValueError, "codes must be a one-dimensional buffer of native uint32");
+        return -1;
+    }
+    if (documents < 1) {
+        PyErr_SetString(PyExc_ValueError, "documents must be at least 1");
+        return -1;
+    }
+    if (bits < MIN_BITS || bits > MAX_BITS) {
+        PyErr_Format(PyExc_ValueError, "bits must be between %d and %d", MIN_BITS, MAX_BITS);
+        return -1;
+    }
+    memset(request, 0, sizeof(*request));
+    request->codes = codes->buf;
+    request->length = (size_t)(codes->len / 4);
+    request->documents = (size_t)documents;
+    request->bits = (unsigned)bits;
+    request->words = words;
+    request->word_pairs = word_pairs;
+    const unsigned char *listed = orders->buf;
+    for (Py_ssize_t i = 0; i < orders->len; i++) {
+        unsigned order = listed[i];
+        if (order < 1 || order > MAX_ORDER) {
+            PyErr_Format(PyExc_ValueError, "orders must be between 1 and %d", MAX_ORDER);
+            return -1;
+        }
+        if (request->times[order] == UINT8_MAX) {
+            PyErr_SetString(PyExc_ValueError, "an order is listed too often");
+            return -1;
+        }
+        request->times[order]++;
+        request->longest_order = order > request->longest_order ? order : request->longest_order;
+    }
+    return 0;
+}
+
+static PyObject *as_bytes(const Entries *entries) {
+    PyObject *keys = PyBytes_FromStringAndSize(
+        (const char *)entries->keys, (Py_ssize_t)(entries->length * sizeof(int64_t))
+    );
+    if (keys == NULL) {
+        return NULL;
+    }
+    PyObject *counts = PyBytes_FromStringAndSize(
+        (const char *)entries->counts, (Py_ssize_t)(entries->length * sizeof(float))
+    );
+    if (counts == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    PyObject *result = PyTuple_Pack(2, keys, counts);
+    Py_DECREF(keys);
+    Py_DECREF(counts);
+    return result;
+}
+
+static PyObject *count(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"codes", "documents", "bits", "orders", "words", "word_pairs", NULL};
+    PyObject *codes_object;
+    Py_ssize_t documents;
+    int bits;
+    Py_buffer orders;
+    int words;
+    int word_pairs;
+    (void)module;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "Oniy*pp:count", keywords, &codes_object, &documents, &bits, &orders, &words,
+            &word_pairs
+        )) {
+        return NULL;
+    }
+    Py_buffer codes;
+    if (PyObject_GetBuffer(codes_object, &codes, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyBuffer_Release(&orders);
+        return NULL;
+    }
+    Request request;
+    int valid = make_request(&request, &codes, documents, bits, &orders, words, word_pairs) == 0;
+    PyBuffer_Release(&orders); /* the request keeps its own copy of the orders */
+    Entries entries = {0};
+    enum outcome outcome = DONE;
+    size_t found = 0;
+    if (valid) {
+        /* The codes stay exported to us until released below, so no Python object is touched. */
+        Py_BEGIN_ALLOW_THREADS
+        outcome = count_all(&request, &entries, &found);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&codes);
+    PyObject *result = NULL;
+    if (valid) {
+        switch (outcome) {
+        case DONE:
+            result = as_bytes(&entries);
+            break;
+        case OUT_OF_MEMORY:
+            PyErr_NoMemory();
+            break;
+        case DOCUMENT_TOO_LONG:
+            PyErr_SetString(PyExc_ValueError, "a document is too long to count");
+            break;
+        case WRONG_DOCUMENT_COUNT:
+            PyErr_Format(
+                PyExc_ValueError, "codes hold %zu documents (separated by U+0000), not %zd", found,
+                documents
+            );
+            break;
+        }
+    }
+    free(entries.keys);
+    free(entries.counts);
+    return result;
+}
+
+PyDoc_STRVAR(
+    count_doc,
+    "count(codes, documents, bits, orders, words, word_pairs) -> (keys, counts)\n"
+    "\n"
+    "Distinct hashed n-grams of each document, with their counts.\n"
+    "\n"
+    "codes: native uint32 code points of the documents, each framed by spaces, joined by U+0000.\n"
+    "documents: how many documents codes holds. bits: buckets per block are 2**bits (8..24).\n"
+    "orders: character n-gram lengths (1..8), one byte each. words, word_pairs: count words and\n"
+    "pairs of consecutive words (block 1).\n"
+    "\n"
+    "Returns int64 keys (document << (bits + 1) | block << bits | bucket), documents ascending\n"
+    "and buckets ascending within a block, and the float32 counts, each as bytes.\n"
+);
+
+static PyMethodDef methods[] = {
+    {"count", (PyCFunction)(void (*)(void))count, METH_VARARGS | METH_KEYWORDS, count_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "router._ngrams",
+    "The featurizer's n-gram counter in C (see router/features.py).",
+    0,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__ngrams(void) { return PyModule_Create(&module); }
