@@ -1,35 +1,43 @@
 """The routing service end to end against a bare aiokafka consume→produce pipe, side by side.
 
     python bench/router_e2e.py [--bootstrap 127.0.0.1:9092] [--messages 20000] [--full]
-                               [--decider auto|real|standin] [--modes eos,alo]
-                               [--rate 1000] [--seconds 10]
+                               [--decider auto|real|standin] [--modes eos,alo] [--routers 1,2]
+                               [--rate 1000] [--seconds 10] [--warmup 3] [--only throughput|latency]
 
 For each delivery mode (exactly once with transactions, at least once) it measures:
 
 - throughput: *messages* realistic inbound records (~1 KB of JSON, multilingual texts from the
-  corpus) pre-filled into ``sb.inbound``, drained by the bare pipe (no work: copy the bytes) and
-  by the router (decode, decide, affinity, routed JSON, one transaction per input partition and
-  batch), in messages per second from the first committed batch to the last; the ratio is
-  router / pipe (target >= 60 %);
-- latency: records produced at a fixed *rate* for *seconds*, time from the producer's send to a
+  corpus) pre-filled into ``sb.inbound``, drained by one bare pipe process (no work: copy the
+  bytes) and by one router process, then by as many router processes as ``--routers`` says
+  sharing the group (decode, decide, affinity, routed JSON, one transaction per input partition
+  and batch). The rate is read from the group's committed offsets over the last 90 % of the
+  records (the first tenth covers joining and rebalancing); the ratio is router / pipe (target
+  >= 60 % for one process against one);
+- latency: records produced at a fixed *rate*, time from the producer's send to a
   ``read_committed`` reader receiving the output, p50/p99 for pipe and router, and the router's
   added latency (target p99 < 50 ms). Each starts once its consumer owns every partition (the
-  router: fenced and restored too), and the first second is not counted.
+  router: fenced and restored too); the first *warmup* seconds are not counted, then *seconds*
+  are.
 
-The decider is the real one (``router.pipeline.build_decider``) when importable (``auto``), else a
-stand-in that costs nothing. ``--full`` means 200,000 messages and 30 s of latency.
+The pipe and the routers run in child processes, as they do in production; this process only
+fills, paces, reads and times. The decider is the real one (``router.pipeline.build_decider``)
+when importable (``auto``), else a stand-in that costs nothing. ``--full`` means 200,000
+messages and 30 s of latency.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
+import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,12 +49,13 @@ from prometheus_client import CollectorRegistry
 
 from bus.admin import ensure_topics, partitions_of
 from bus.options import client_options
+from bus.producer import COMPRESSION
 from bus.transactional import LoopTuning
 from models import InboundMessage, Routing, Sender
 from models.config import KafkaConfig, RouterConfig, Settings
 from models.ids import message_id
 from models.topics import Topics, TopicSpec
-from router.service import RouterService, RouterTuning
+from router.service import RouterService, RouterTuning, group_id
 
 CORPUS = Path(__file__).resolve().parent.parent / "router" / "corpus"
 PARTITIONS = 6
@@ -76,6 +85,19 @@ class StandInDecider:
             )
             for m in messages
         ]
+
+
+def decider_label(choice: str) -> str:
+    """What the router processes will decide with (each child loads its own decider)."""
+    if choice == "standin":
+        return "stand-in"
+    try:
+        import router.pipeline  # noqa: F401
+    except ImportError:
+        if choice == "real":
+            raise
+        return "stand-in"
+    return "real (router.pipeline)"
 
 
 def build_decider(choice: str, router: RouterConfig) -> tuple[Any, str]:
@@ -124,7 +146,7 @@ def inbound_record(n: int, corpus: list[tuple[str, str]], run: str) -> InboundMe
 
 
 async def fill(config: KafkaConfig, topic: str, records: Sequence[InboundMessage]) -> None:
-    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=5, compression_type="lz4")
+    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=5, compression_type=COMPRESSION)
     await producer.start()
     try:
         pending = []
@@ -157,7 +179,7 @@ class BarePipe:
 
     def __init__(self, config: KafkaConfig, source: str, sink: str, exactly_once: bool) -> None:
         self.source, self.sink, self.exactly_once = source, sink, exactly_once
-        self.group = f"bare-{uuid.uuid4().hex[:6]}"
+        self.group = pipe_group(config)
         self.consumer = AIOKafkaConsumer(
             source,
             **client_options(config),
@@ -168,7 +190,7 @@ class BarePipe:
         )
         extra: dict[str, Any] = {"transactional_id": f"{self.group}-tx"} if exactly_once else {}
         self.producer = AIOKafkaProducer(
-            **client_options(config), acks="all", linger_ms=2, compression_type="lz4", **extra
+            **client_options(config), acks="all", linger_ms=2, compression_type=COMPRESSION, **extra
         )
         self.done = 0
         self.first: float | None = None
@@ -236,51 +258,52 @@ class _Quiet:
         print(f"  router health: {reason}")
 
 
-def decided(service: RouterService) -> int:
-    total = 0.0
-    for family in (service.metrics.routed, service.metrics.triaged, service.metrics.dlq):
-        for metric in family.collect():
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return int(total)
+def pipe_group(config: KafkaConfig) -> str:
+    return f"{config.topic_prefix}.bare"
 
 
-async def router_throughput(config: KafkaConfig, count: int, decider: Any) -> float:
-    service = router_service(config, decider)
-    await service.start()
+async def drain_rate(config: KafkaConfig, group: str, topic: str, count: int) -> float:
+    """Messages per second at which *group* commits its way through *count* records of *topic*.
+
+    Read from the group's committed offsets every 50 ms, over the last 90 % of the records: the
+    first tenth covers joining, fencing and restoring, and with several routers the rebalances
+    while they all join.
+    """
+    admin = AIOKafkaAdminClient(**client_options(config))
+    await admin.start()
     try:
-        first: tuple[float, int] | None = None
-        while (done := decided(service)) < count:
-            if first is None and done:
-                first = (time.perf_counter(), done)
-            await asyncio.sleep(0.05)  # collecting the metrics is work for the router's loop too
-        end = time.perf_counter()
-    finally:
-        await service.stop()
-    assert first is not None
-    return (count - first[1]) / (end - first[0])
-
-
-async def pipe_throughput(config: KafkaConfig, source: str, count: int, exactly_once: bool) -> float:
-    sink = f"{config.topic_prefix}.bare"
-    await ensure_topics(config, [TopicSpec(sink)])
-    pipe = BarePipe(config, source, sink, exactly_once)
-    await pipe.start()
-    try:
-        while pipe.done < count:
+        start: tuple[float, int] | None = None
+        deadline = time.perf_counter() + 600
+        while time.perf_counter() < deadline:
+            offsets = await admin.list_consumer_group_offsets(group)
+            now = time.perf_counter()
+            done = sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+            if start is None and done >= count // 10:
+                start = (now, done)
+            if start is not None and done >= count:
+                return (done - start[1]) / (now - start[0])
             await asyncio.sleep(0.05)
+        raise TimeoutError(f"{group} did not drain {topic}")
     finally:
-        await pipe.stop()
-    assert pipe.first is not None
-    return (count - pipe.first_count) / (pipe.last - pipe.first)
+        await admin.close()
 
 
 # --------------------------------------------------------------------------- latency
 
 
 async def paced_latency(
-    config: KafkaConfig, sinks: Sequence[str], rate: int, seconds: float, corpus: list[tuple[str, str]]
+    config: KafkaConfig,
+    sinks: Sequence[str],
+    rate: int,
+    seconds: float,
+    corpus: list[tuple[str, str]],
+    warmup: float,
 ) -> list[float]:
-    """Produce to sb.inbound at *rate*/s; milliseconds from send to read_committed receipt."""
+    """Produce to sb.inbound at *rate*/s; milliseconds from send to read_committed receipt.
+
+    The first *warmup* seconds are not counted: a freshly started reader and router take a
+    second or two to fetch metadata for every partition, and that backlog is not steady state.
+    """
     topics = Topics(config.topic_prefix)
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -294,11 +317,11 @@ async def paced_latency(
         partitions = await partitions_of(config, sinks)
     reader.assign(partitions)
     await reader.seek_to_beginning(*partitions)
-    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=0, compression_type="lz4")
+    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=0, compression_type=COMPRESSION)
     await producer.start()
     run = uuid.uuid4().hex[:6]
-    total = int(rate * seconds)
-    warmup = time.perf_counter() + 1.0
+    total = int(rate * (warmup + seconds))
+    counted_from = time.perf_counter() + warmup
 
     async def generate() -> None:
         started = time.perf_counter()
@@ -317,7 +340,7 @@ async def paced_latency(
 
     generator = asyncio.create_task(generate())
     received = 0
-    deadline = time.perf_counter() + seconds + 30
+    deadline = time.perf_counter() + warmup + seconds + 30
     try:
         while received < total and time.perf_counter() < deadline:
             batches = await reader.getmany(timeout_ms=20)
@@ -327,7 +350,7 @@ async def paced_latency(
                     received += 1
                     ident = dict(record.headers).get("sb-message-id", b"").decode()
                     start = sent.get(ident)
-                    if start is not None and start >= warmup:
+                    if start is not None and start >= counted_from:
                         latencies.append((now - start) * 1000)
         await generator
     finally:
@@ -366,68 +389,153 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace, decider: Any) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def children(
+    role: str, config: KafkaConfig, args: argparse.Namespace, count: int = 1
+) -> AsyncIterator[None]:
+    """Run *count* pipe or router processes until the block ends; enter once each owns its share."""
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--serve",
+            role,
+            "--share",
+            str(PARTITIONS // count),
+            "--prefix",
+            config.topic_prefix,
+            "--modes",
+            "eos" if config.delivery == "exactly_once" else "alo",
+            "--bootstrap",
+            config.bootstrap,
+            "--decider",
+            args.decider,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=120)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"a {role} process did not get ready: {line!r}")
+        yield
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in processes:
+            await asyncio.wait_for(process.wait(), timeout=60)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """The child's side: run *role* on the given topics; say ``ready`` once it owns *share* partitions."""
+    exactly_once = args.modes == "eos"
+    config = KafkaConfig(
+        bootstrap=args.bootstrap,
+        topic_prefix=args.prefix,
+        partitions=PARTITIONS,
+        delivery="exactly_once" if exactly_once else "at_least_once",
+    )
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    if args.serve == "pipe":
+        pipe = BarePipe(config, Topics(args.prefix).inbound, f"{args.prefix}.bare", exactly_once)
+        await pipe.start()
+        try:
+            await until(lambda: len(pipe.consumer.assignment()) >= args.share)
+            print("ready", flush=True)
+            await stopped.wait()
+        finally:
+            await pipe.stop()
+        return
+    decider, _ = build_decider(args.decider, RouterConfig())
+    service = router_service(config, decider)
+    await service.start()
+    try:
+        await until(lambda: len(service.owned_partitions()) >= args.share)
+        print("ready", flush=True)
+        await stopped.wait()
+    finally:
+        await service.stop()
+
+
+async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace) -> dict[str, float]:
     run = uuid.uuid4().hex[:6]
     try:
-        return await measure_mode(bootstrap, mode, run, args, decider)
+        return await measure_mode(bootstrap, mode, run, args)
     finally:
         await delete_topics(bootstrap, f"bench{run}{mode}")
 
 
-async def measure_mode(
-    bootstrap: str, mode: str, run: str, args: argparse.Namespace, decider: Any
-) -> dict[str, float]:
-    exactly_once = mode == "eos"
-    delivery = "exactly_once" if exactly_once else "at_least_once"
+async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Namespace) -> dict[str, float]:
+    delivery = "exactly_once" if mode == "eos" else "at_least_once"
     corpus = texts()
+    departments = Settings().router.departments
+    serial = iter(range(1_000))
 
-    def config(tag: str) -> KafkaConfig:
-        return KafkaConfig(
+    async def topics_for(tag: str) -> KafkaConfig:
+        config = KafkaConfig(
             bootstrap=bootstrap,
-            topic_prefix=f"bench{run}{mode}{tag}",
+            topic_prefix=f"bench{run}{mode}{tag}{next(serial)}",
             partitions=PARTITIONS,
             delivery=delivery,
         )
+        await ensure_topics(config, Topics(config.topic_prefix).all(departments))
+        await ensure_topics(config, [TopicSpec(f"{config.topic_prefix}.bare")])
+        return config
 
-    departments = Settings().router.departments
-    throughput = config("t")
-    topics = Topics(throughput.topic_prefix)
-    await ensure_topics(throughput, topics.all(departments))
-    await fill(throughput, topics.inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
-    pipe_rate = await pipe_throughput(throughput, topics.inbound, args.messages, exactly_once)
-    router_rate = await router_throughput(throughput, args.messages, decider)
+    results: dict[str, float] = {}
+    if args.only != "latency":
+        config = await topics_for("t")
+        inbound = Topics(config.topic_prefix).inbound
+        await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
+        async with children("pipe", config, args):
+            results["pipe"] = await drain_rate(config, pipe_group(config), inbound, args.messages)
+        for count in args.routers:
+            config = await topics_for("t")
+            inbound = Topics(config.topic_prefix).inbound
+            await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
+            async with children("router", config, args, count):
+                group = group_id(Settings(kafka=config))
+                results[f"router{count}"] = await drain_rate(config, group, inbound, args.messages)
+    if args.only != "throughput":
+        config = await topics_for("l")
+        async with children("pipe", config, args):
+            sink = f"{config.topic_prefix}.bare"
+            bare = await paced_latency(config, [sink], args.rate, args.seconds, corpus, args.warmup)
+        config = await topics_for("l")
+        async with children("router", config, args):
+            names = Topics(config.topic_prefix)
+            sinks = [names.department(d) for d in departments] + [names.triage]
+            routed = await paced_latency(config, sinks, args.rate, args.seconds, corpus, args.warmup)
+        for name, values in (("pipe", bare), ("router", routed)):
+            results[f"{name}_p50"] = percentile(values, 50)
+            results[f"{name}_p99"] = percentile(values, 99)
+    return results
 
-    pipe_latency = config("lp")
-    await ensure_topics(pipe_latency, Topics(pipe_latency.topic_prefix).all(departments))
-    sink = f"{pipe_latency.topic_prefix}.bare"
-    await ensure_topics(pipe_latency, [TopicSpec(sink)])
-    pipe = BarePipe(pipe_latency, Topics(pipe_latency.topic_prefix).inbound, sink, exactly_once)
-    await pipe.start()
-    try:
-        await until(lambda: len(pipe.consumer.assignment()) == PARTITIONS)
-        bare = await paced_latency(pipe_latency, [sink], args.rate, args.seconds, corpus)
-    finally:
-        await pipe.stop()
 
-    router_latency = config("lr")
-    router_topics = Topics(router_latency.topic_prefix)
-    await ensure_topics(router_latency, router_topics.all(departments))
-    service = router_service(router_latency, decider)
-    await service.start()
-    try:
-        await until(lambda: len(service.owned_partitions()) == PARTITIONS)
-        sinks = [router_topics.department(d) for d in departments] + [router_topics.triage]
-        routed = await paced_latency(router_latency, sinks, args.rate, args.seconds, corpus)
-    finally:
-        await service.stop()
-    return {
-        "pipe": pipe_rate,
-        "router": router_rate,
-        "pipe_p50": percentile(bare, 50),
-        "pipe_p99": percentile(bare, 99),
-        "router_p50": percentile(routed, 50),
-        "router_p99": percentile(routed, 99),
-    }
+def report(args: argparse.Namespace, label: str, results: dict[str, dict[str, float]]) -> None:
+    print(
+        f"\nrouter end to end on {args.bootstrap}: {args.messages} messages (~1 KB JSON), "
+        f"{PARTITIONS} partitions, decider: {label}; latency at {args.rate} msg/s for {args.seconds:g} s"
+    )
+    if args.only != "latency":
+        routers = "".join(f" {f'{n} router(s)':>12} {'ratio':>6}" for n in args.routers)
+        print(f"{'mode':6} {'pipe msg/s':>11}{routers}")
+        for mode, r in results.items():
+            cells = "".join(
+                f" {r[f'router{n}']:12,.0f} {r[f'router{n}'] / r['pipe']:6.0%}" for n in args.routers
+            )
+            print(f"{mode:6} {r['pipe']:11,.0f}{cells}")
+    if args.only != "throughput":
+        print(f"{'mode':6} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
+        for mode, r in results.items():
+            print(
+                f"{mode:6} {r['pipe_p50']:7.1f}/{r['pipe_p99']:<8.1f} {r['router_p50']:9.1f}/{r['router_p99']:<8.1f} "
+                f"{r['router_p50'] - r['pipe_p50']:8.1f}/{r['router_p99'] - r['pipe_p99']:<8.1f}"
+            )
 
 
 async def main() -> None:
@@ -436,29 +544,27 @@ async def main() -> None:
     )
     parser.add_argument("--bootstrap", default=os.environ.get("SWITCHBOARD_TEST_KAFKA", "127.0.0.1:9092"))
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--routers", default="1,2", help="router process counts for throughput, e.g. 1,2")
     parser.add_argument("--rate", type=int, default=1_000, help="messages/s for the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of latency load not counted")
     parser.add_argument("--decider", choices=["auto", "real", "standin"], default="auto")
     parser.add_argument("--modes", default="eos,alo", help="comma-separated: eos, alo")
+    parser.add_argument("--only", choices=["throughput", "latency"], help="measure one of the two")
     parser.add_argument("--full", action="store_true", help="200,000 messages and 30 s of latency")
+    parser.add_argument("--serve", choices=["pipe", "router"], help=argparse.SUPPRESS)
+    parser.add_argument("--share", type=int, default=PARTITIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        await serve(args)
+        return
+    args.routers = [int(n) for n in args.routers.split(",")]
     if args.full:
         args.messages, args.seconds = 200_000, 30.0
-    decider, label = build_decider(args.decider, RouterConfig())
-    results = {mode: await run_mode(args.bootstrap, mode, args, decider) for mode in args.modes.split(",")}
-
-    print(
-        f"\nrouter end to end on {args.bootstrap}: {args.messages} messages (~1 KB JSON), "
-        f"{PARTITIONS} partitions, decider: {label}; latency at {args.rate} msg/s for {args.seconds:g} s"
-    )
-    header = f"{'mode':6} {'pipe msg/s':>11} {'router msg/s':>13} {'ratio':>6}  {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}"
-    print(header)
-    for mode, r in results.items():
-        print(
-            f"{mode:6} {r['pipe']:11,.0f} {r['router']:13,.0f} {r['router'] / r['pipe']:6.0%}  "
-            f"{r['pipe_p50']:7.1f}/{r['pipe_p99']:<8.1f} {r['router_p50']:9.1f}/{r['router_p99']:<8.1f} "
-            f"{r['router_p50'] - r['pipe_p50']:8.1f}/{r['router_p99'] - r['pipe_p99']:<8.1f}"
-        )
+    label = decider_label(args.decider)
+    results = {mode: await run_mode(args.bootstrap, mode, args) for mode in args.modes.split(",")}
+    report(args, label, results)
 
 
 if __name__ == "__main__":
