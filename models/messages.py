@@ -35,6 +35,7 @@ __all__ = [
     "Sender",
     "fit_to_size",
     "format_timestamp",
+    "record_time",
 ]
 
 INBOUND_SCHEMA = "inbound/1"
@@ -55,8 +56,8 @@ def format_timestamp(moment: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
-def _as_utc_millis(moment: datetime) -> datetime:
-    # Records carry millisecond precision; cutting here keeps a JSON round trip exact.
+def record_time(moment: datetime) -> datetime:
+    """*moment* as records carry it: UTC, cut to milliseconds (so a JSON round trip is exact)."""
     if moment.tzinfo is None:
         raise ValueError("timestamp must carry a time zone (RFC 3339)")
     moment = moment.astimezone(UTC)
@@ -76,7 +77,7 @@ def _clean_json(value: JsonValue) -> JsonValue:
 CleanStr = Annotated[str, AfterValidator(clean_text)]
 Timestamp = Annotated[
     datetime,
-    AfterValidator(_as_utc_millis),
+    AfterValidator(record_time),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
 ]
 
@@ -151,6 +152,45 @@ class Routing(_Record):
     reasons: tuple[CleanStr, ...] = ()
     model: CleanStr
     routed_at: Timestamp
+
+    @classmethod
+    def trusted(
+        cls,
+        *,
+        department: str,
+        confidence: float,
+        language: str,
+        escalate: bool,
+        priority: Priority,
+        reasons: tuple[str, ...],
+        model: str,
+        routed_at: datetime,
+    ) -> Routing:
+        """A routing built from parts the caller has already checked, not validated again.
+
+        The router makes one per message; this sets what ``model_construct`` sets without its
+        generic loop over the fields (2 µs instead of 5.5, as slow as validating). The caller
+        answers for the values: *routed_at* must be in UTC with millisecond precision.
+        """
+        routing = cls.__new__(cls)
+        fields = {
+            "department": department,
+            "confidence": confidence,
+            "language": language,
+            "escalate": escalate,
+            "priority": priority,
+            "reasons": reasons,
+            "model": model,
+            "routed_at": routed_at,
+        }
+        object.__setattr__(routing, "__dict__", fields)
+        object.__setattr__(routing, "__pydantic_fields_set__", _ROUTING_FIELDS)
+        object.__setattr__(routing, "__pydantic_extra__", None)
+        object.__setattr__(routing, "__pydantic_private__", None)
+        return routing
+
+
+_ROUTING_FIELDS = frozenset(Routing.model_fields)
 
 
 class RoutedMessage(InboundMessage):

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from models import InboundMessage, Routing
 from models.config import RouterConfig
-from models.messages import Priority
+from models.messages import Priority, record_time
 from router.escalation import CueMatcher, judge
 from router.features import SMALL_BATCH, Features, FeatureSpec, Featurizer, model_input, normalize
 from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
@@ -200,7 +200,7 @@ class Pipeline:
         choices = self._model_choices(departments)
         angry_column = angry[:, self.escalation_model.classes.index("true")].tolist()
         rules = self.rules.current()
-        now = self._clock()
+        now = record_time(self._clock())
         return [
             self._decide(
                 message, ctx, text, language, choices[i], departments[i], angry_column[i], rules, now
@@ -313,9 +313,8 @@ class Pipeline:
         reasons: list[str],
         now: datetime,
     ) -> Routing:
-        # Every field is built here from validated parts; skipping re-validation saves a third
-        # of the per-message cost at twenty thousand messages a second.
-        return Routing.model_construct(
+        # Every field is built here from checked parts (``now`` went through record_time).
+        return Routing.trusted(
             department=choice.department,
             confidence=round(min(max(choice.confidence, 0.0), 1.0), 4),
             language=language.language,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from models import Attachment, InboundMessage, RoutedMessage, Routing, Sender
-from models.messages import fit_to_size
+from models.messages import fit_to_size, record_time
 
 SCRIPTS = st.sampled_from(
     [
@@ -142,3 +142,24 @@ def test_a_record_too_large_for_the_broker_is_cut_and_says_so() -> None:
     assert fitted.metadata["text_truncated"] is True
     assert fitted.body and set(fitted.body) == {"ব"}  # never cut inside a character
     assert fit_to_size(inbound(), 60_000) == inbound()
+
+
+def test_a_trusted_routing_is_the_same_record_as_a_validated_one() -> None:
+    parts = {
+        "department": "orders",
+        "confidence": 0.8731,
+        "language": "ta",
+        "escalate": True,
+        "priority": "high",
+        "reasons": ("language:ta(script)", "model:top=orders:0.87"),
+        "model": "default-2026.12",
+        "routed_at": record_time(datetime(2026, 12, 2, 12, 0, 0, 123456, tzinfo=UTC)),
+    }
+    trusted = Routing.trusted(**parts)  # type: ignore[arg-type]
+    validated = Routing(**parts)  # type: ignore[arg-type]
+    assert trusted == validated
+    assert trusted.model_dump_json() == validated.model_dump_json()
+    assert trusted.model_fields_set == validated.model_fields_set
+    assert Routing.model_validate_json(trusted.model_dump_json()) == trusted
+    with pytest.raises(ValidationError):
+        trusted.department = "billing"  # type: ignore[misc]
