@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -63,8 +63,7 @@ _TXN_BACKOFF_MS = 20
 Logger = structlog.typing.FilteringBoundLogger
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):  # a NamedTuple: built per record, 4x cheaper than a frozen dataclass
     """One record to produce, committed in the transaction of input partition *source*."""
 
     source: TopicPartition

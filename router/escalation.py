@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from models.messages import Priority
 
@@ -271,8 +272,7 @@ class CueMatcher:
         return frozenset(self._kind_of[m] for m in found if m in self._kind_of)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):  # one per message: cheaper to build than a frozen dataclass
     escalate: bool
     priority: Priority
     reasons: tuple[str, ...]

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -74,8 +73,7 @@ SURE = 0.80
 """The team model's probability from which its answer stands without asking the general identifier."""
 
 
-@dataclass(frozen=True, slots=True)
-class LanguageGuess:
+class LanguageGuess(NamedTuple):  # one per message: cheaper to build than a frozen dataclass
     language: str
     confidence: float
     method: str  # "script", "model" or "general"

@@ -12,11 +12,10 @@ featurizing a thousand messages at once costs a fraction of a thousand single ca
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -49,8 +48,9 @@ UNRESOLVED_HORIZON = timedelta(days=14)
 """How long after the last routed message a return to an unresolved conversation still escalates."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationContext:
+# The per-message records below are NamedTuples: immutable like frozen dataclasses, and about
+# four times cheaper to build, which counts at thousands of messages a second.
+class ConversationContext(NamedTuple):
     """What the router knows of the message's conversation before this message."""
 
     department: str | None = None
@@ -59,8 +59,7 @@ class ConversationContext:
     unresolved: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The routing of one message; ``drop`` means publish it nowhere (a configured auto-reply drop)."""
 
     routing: Routing
@@ -80,8 +79,7 @@ def packaged_model_path(kind: str) -> Path:
     return Path(str(resources.files("router").joinpath("data", f"{kind}.npz")))
 
 
-@dataclass(frozen=True)
-class _Candidate:
+class _Candidate(NamedTuple):
     department: str
     confidence: float
 

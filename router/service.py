@@ -24,6 +24,7 @@ from collections import Counter as Tally
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 from aiokafka import TopicPartition
@@ -123,14 +124,12 @@ class RouterMetrics:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
+class _Failure(NamedTuple):
     error: str
     error_class: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Decided:
+class _Decided(NamedTuple):
     routing: Routing
     destination: Destination
     state: ConversationState | None = None  # the conversation's state after this message
