@@ -39,6 +39,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bus.consumer import consumer_options
 from bus.headers import Headers
+from bus.partitioning import partitions_of_keys
 from bus.producer import producer_options, supports_transactions
 from models.config import KafkaConfig
 
@@ -162,17 +163,26 @@ async def _send_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> No
 
     Records are grouped into one batch per (topic, partition) through aiokafka's batch API,
     which costs a third of ``send()`` per record; keys pick the partition with Kafka's default
-    partitioner (murmur2, as the Java client does), so a conversation keeps its partition.
+    partitioner (murmur2, as the Java client does, for the whole batch at once), so a
+    conversation keeps its partition.
     """
+    keyed: dict[str, list[int]] = {}
+    chosen: list[int | None] = [output.partition for output in outputs]
+    for index, output in enumerate(outputs):
+        if output.partition is None:
+            keyed.setdefault(output.topic, []).append(index)
+    for topic, indexes in keyed.items():
+        known = sorted(await producer.partitions_for(topic))
+        with_keys = [i for i in indexes if outputs[i].key is not None]
+        keys = [outputs[i].key or b"" for i in with_keys]
+        for i, slot in zip(with_keys, partitions_of_keys(keys, len(known)), strict=True):
+            chosen[i] = known[slot]
+        for i in indexes:
+            if chosen[i] is None:  # no key: any partition, as Kafka's partitioner does
+                chosen[i] = _PARTITIONER(None, known, known)
     groups: dict[tuple[str, int], list[Output]] = {}
-    partitions: dict[str, list[int]] = {}
-    for output in outputs:
-        partition = output.partition
-        if partition is None:
-            known = partitions.get(output.topic)
-            if known is None:
-                known = partitions[output.topic] = sorted(await producer.partitions_for(output.topic))
-            partition = _PARTITIONER(output.key, known, known)
+    for output, partition in zip(outputs, chosen, strict=True):
+        assert partition is not None
         groups.setdefault((output.topic, partition), []).append(output)
     futures = []
     for (topic, partition), items in groups.items():
