@@ -58,10 +58,20 @@ _SCRIPTS: tuple[tuple[int, int, str], ...] = (
 )
 _COLUMNS = ("latin", "devanagari", "bengali", "tamil", "other")
 _SCRIPT_LANGUAGE = {"devanagari": "hi", "bengali": "bn", "tamil": "ta"}
-_BOUNDS = np.array([b for first, last, _ in _SCRIPTS for b in (first, last + 1)], dtype=np.int64)
-_BOUND_COLUMN = np.array(
-    [c for _, _, script in _SCRIPTS for c in (_COLUMNS.index(script), -1)], dtype=np.int64
-)
+
+def _column_table() -> npt.NDArray[np.int8]:
+    """The ``_COLUMNS`` index of every code point of the Basic Multilingual Plane, -1 for none.
+
+    Every range of ``_SCRIPTS`` lies in the BMP; a lookup in this table is several times faster
+    than a binary search over the ranges.
+    """
+    table = np.full(0x10000, -1, dtype=np.int8)
+    for first, last, script in _SCRIPTS:
+        table[first : last + 1] = _COLUMNS.index(script)
+    return table
+
+
+_COLUMN_OF = _column_table()
 
 INDIC_SHARE = 0.15
 """Share of a message's letters in one Indic script from which that script names the language."""
@@ -110,10 +120,11 @@ def script_counts(texts: Sequence[str]) -> npt.NDArray[np.int64]:
         return counts
     codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     document = np.repeat(np.arange(len(texts)), [len(t) for t in texts])
-    slot = np.searchsorted(_BOUNDS, codes, side="right") - 1
-    column = np.where(slot >= 0, _BOUND_COLUMN[np.maximum(slot, 0)], -1)
+    column = np.where(codes < 0x10000, _COLUMN_OF[np.minimum(codes, 0xFFFF)], -1)
     lettered = column >= 0
-    np.add.at(counts, (document[lettered], column[lettered]), 1)
+    # bincount over (text, column) cells: np.add.at does the same a few times slower.
+    cells = document[lettered] * len(_COLUMNS) + column[lettered]
+    counts += np.bincount(cells, minlength=counts.size).reshape(counts.shape)
     return counts
 
 
