@@ -146,7 +146,9 @@ def inbound_record(n: int, corpus: list[tuple[str, str]], run: str) -> InboundMe
 
 
 async def fill(config: KafkaConfig, topic: str, records: Sequence[InboundMessage]) -> None:
-    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=5, compression_type=COMPRESSION)
+    producer = AIOKafkaProducer(
+        **client_options(config), acks="all", linger_ms=5, compression_type=COMPRESSION
+    )
     await producer.start()
     try:
         pending = []
@@ -317,7 +319,9 @@ async def paced_latency(
         partitions = await partitions_of(config, sinks)
     reader.assign(partitions)
     await reader.seek_to_beginning(*partitions)
-    producer = AIOKafkaProducer(**client_options(config), acks="all", linger_ms=0, compression_type=COMPRESSION)
+    producer = AIOKafkaProducer(
+        **client_options(config), acks="all", linger_ms=0, compression_type=COMPRESSION
+    )
     await producer.start()
     run = uuid.uuid4().hex[:6]
     total = int(rate * (warmup + seconds))

@@ -59,6 +59,7 @@ _SCRIPTS: tuple[tuple[int, int, str], ...] = (
 _COLUMNS = ("latin", "devanagari", "bengali", "tamil", "other")
 _SCRIPT_LANGUAGE = {"devanagari": "hi", "bengali": "bn", "tamil": "ta"}
 
+
 def _column_table() -> npt.NDArray[np.int8]:
     """The ``_COLUMNS`` index of every code point of the Basic Multilingual Plane, -1 for none.
 
