@@ -11,7 +11,8 @@ six languages, native script, romanized and code-mixed), repeated to *messages*.
 - ``router featurize``: ``Featurizer.transform`` alone (normalize + hashed n-grams), counted in C
   where ``router._ngrams`` is built; ``router featurize (numpy)``: the same on the numpy path;
 - ``router feat+3 models``: normalize, featurize and the three models' probabilities (the
-  pipeline's ``_probabilities``), i.e. ``decide_batch`` without its per-message steps;
+  pipeline's ``_probabilities``; featurizing and scoring are one pass in C, ``Featurizer.scores``,
+  where ``router._ngrams`` is built), i.e. ``decide_batch`` without its per-message steps;
 - ``peer tfidf vectorize`` / ``peer tfidf+LR proba``: the usual scikit-learn way of doing the
   department job, a char_wb (2,5) + word (1,2) TF-IDF union and a logistic regression trained on
   ``router/corpus/split/train.jsonl``, ``transform`` alone and ``predict_proba``.

@@ -24,7 +24,7 @@ from models import InboundMessage, Routing
 from models.config import RouterConfig
 from models.messages import Priority, record_time
 from router.escalation import CueMatcher, judge
-from router.features import SMALL_BATCH, Features, FeatureSpec, Featurizer, model_input, normalize
+from router.features import SMALL_BATCH, FeatureSpec, Featurizer, model_input, normalize
 from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
 from router.linear import LinearModel, ModelFileError, softmax
 
@@ -145,22 +145,18 @@ class Pipeline:
             for (spec, _), indexes in stacks.items()
         ]
 
-    def _probabilities(self, texts: Sequence[str]) -> tuple[Features, list[npt.NDArray[np.float32]]]:
-        """Each model's class probabilities for the batch, in the order of ``self._models``.
+    def _probabilities(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
+        """Each model's class probabilities for the normalized *texts*, in the order of ``self._models``.
 
-        Models that share a feature spec share one featurization; those trained on the same
-        examples (the packaged three) also share their inverse document frequencies and one sparse
-        product: their weights are stacked side by side, so the batch is read once, not per model.
+        Models trained on the same examples (the packaged three) share a feature spec and inverse
+        document frequencies: their weights are stacked side by side, so the batch is featurized
+        and scored once for all of them, in one pass in C where it was built (see
+        :meth:`Featurizer.scores`). Stacks of one spec but different frequencies each count the
+        batch again.
         """
         outputs: list[npt.NDArray[np.float32]] = [np.empty(0, dtype=np.float32)] * len(self._models)
-        first: Features | None = None
-        computed: dict[FeatureSpec, Features] = {}
         for spec, indexes, idf, weights, bias in self._stacks:
-            if spec not in computed:
-                computed[spec] = self._featurizers[spec].transform_normalized(texts)
-            features = computed[spec]
-            first = first or features
-            scores = features.product(weights, idf) + bias
+            scores = self._featurizers[spec].scores(texts, idf, weights) + bias
             column = 0
             for index in indexes:
                 model = self._models[index]
@@ -173,11 +169,11 @@ class Pipeline:
                     width = len(model.classes)
                     outputs[index] = softmax(scores[:, column : column + width] / model.temperature)
                     column += width
-        assert first is not None
-        return first, outputs
+        return outputs
 
     def warm_up(self) -> None:
-        """Load what the first batch would otherwise load lazily (scipy, py3langid's model).
+        """Load what the first batch would otherwise load lazily (py3langid's model; scipy too
+        where featurizing runs in numpy).
 
         A long-running router calls it before joining its group, so the first batch is not a
         second late; one-off commands (``classify``) skip it and start fast.
@@ -193,7 +189,7 @@ class Pipeline:
         if not messages:
             return []
         texts = [normalize(model_input(m.subject or "", m.text)) for m in messages]
-        _, (languages_p, departments, angry) = self._probabilities(texts)
+        languages_p, departments, angry = self._probabilities(texts)
         languages = self.language.identify_with(texts, languages_p)
         choices = self._model_choices(departments)
         angry_column = angry[:, self.escalation_model.classes.index("true")].tolist()
