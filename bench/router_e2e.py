@@ -504,6 +504,8 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
             async with children("router", config, args, count):
                 group = group_id(Settings(kafka=config))
                 results[f"router{count}"] = await drain_rate(config, group, inbound, args.messages)
+        # Latency is measured on a broker holding only its own topics, as it was measured alone.
+        await delete_topics(bootstrap, f"bench{run}{mode}t")
     if args.only != "throughput":
         config = await topics_for("l")
         async with children("pipe", config, args):
