@@ -6,7 +6,7 @@ import importlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -222,6 +222,15 @@ def test_the_counter_refuses_bad_arguments(arguments: dict[str, Any], message: s
         counter.count(**{**valid, **arguments})
 
 
+def _in_four_threads(work: Callable[[], None]) -> None:
+    """Run *work* in four threads at once (the C code releases the GIL) and wait for them."""
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_the_counter_runs_in_threads(corpus: list[str]) -> None:
     # The GIL is released while counting: threads must not disturb each other's tables.
     featurizer = Featurizer(native=True)
@@ -232,11 +241,7 @@ def test_the_counter_runs_in_threads(corpus: list[str]) -> None:
         for _ in range(5):
             results.append(Featurizer(native=True).transform_normalized(corpus[:500]))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_four_threads(work)
     assert len(results) == 20
     for result in results:
         np.testing.assert_array_equal(result.buckets, expected.buckets)
@@ -401,11 +406,7 @@ def test_the_scorer_runs_in_threads(corpus: list[str]) -> None:
         for _ in range(5):
             results.append(Featurizer(native=True).scores(corpus[:500], idf, weights))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_four_threads(work)
     assert len(results) == 20
     for result in results:
         np.testing.assert_array_equal(result, expected)
