@@ -158,31 +158,37 @@ class _Delivery(Protocol):
     async def stop(self) -> None: ...
 
 
+async def _partitions(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> list[int]:
+    """Each output's partition: its own, else Kafka's default partitioner's pick for its key.
+
+    Keys go through murmur2 as the Java client computes it, for the whole batch at once, so a
+    conversation keeps its partition; a record without a key may go to any partition.
+    """
+    chosen = [output.partition for output in outputs]
+    pending: dict[str, list[int]] = {}
+    for index, output in enumerate(outputs):
+        if output.partition is None:
+            pending.setdefault(output.topic, []).append(index)
+    for topic, indexes in pending.items():
+        known = sorted(await producer.partitions_for(topic))
+        keyed = [i for i in indexes if outputs[i].key is not None]
+        picks = partitions_of_keys([outputs[i].key or b"" for i in keyed], len(known))
+        for i, pick in zip(keyed, picks, strict=True):
+            chosen[i] = known[pick]
+        for i in indexes:
+            if chosen[i] is None:
+                chosen[i] = _PARTITIONER(None, known, known)
+    return [partition for partition in chosen if partition is not None]
+
+
 async def _send_all(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
     """Produce *outputs* in order per partition and wait until the broker has them all.
 
     Records are grouped into one batch per (topic, partition) through aiokafka's batch API,
-    which costs a third of ``send()`` per record; keys pick the partition with Kafka's default
-    partitioner (murmur2, as the Java client does, for the whole batch at once), so a
-    conversation keeps its partition.
+    which costs a third of ``send()`` per record.
     """
-    keyed: dict[str, list[int]] = {}
-    chosen: list[int | None] = [output.partition for output in outputs]
-    for index, output in enumerate(outputs):
-        if output.partition is None:
-            keyed.setdefault(output.topic, []).append(index)
-    for topic, indexes in keyed.items():
-        known = sorted(await producer.partitions_for(topic))
-        with_keys = [i for i in indexes if outputs[i].key is not None]
-        keys = [outputs[i].key or b"" for i in with_keys]
-        for i, slot in zip(with_keys, partitions_of_keys(keys, len(known)), strict=True):
-            chosen[i] = known[slot]
-        for i in indexes:
-            if chosen[i] is None:  # no key: any partition, as Kafka's partitioner does
-                chosen[i] = _PARTITIONER(None, known, known)
     groups: dict[tuple[str, int], list[Output]] = {}
-    for output, partition in zip(outputs, chosen, strict=True):
-        assert partition is not None
+    for output, partition in zip(outputs, await _partitions(producer, outputs), strict=True):
         groups.setdefault((output.topic, partition), []).append(output)
     futures = []
     for (topic, partition), items in groups.items():
