@@ -1,5 +1,6 @@
 /*
- * router._ngrams: the featurizer's n-gram counter in C, and a scorer built on it.
+ * router._ngrams: the featurizer's n-gram counter in C, a scorer built on it, and the byte
+ * automaton walk of the general language identifier (see `walk` below).
  *
  * router/features.py describes the features; its numpy path is the reference and this module
  * must give the same entries, bit for bit. numpy has to materialise every n-gram of the batch
@@ -773,6 +774,128 @@ static PyObject *score(PyObject *module, PyObject *args, PyObject *kwargs) {
     return result;
 }
 
+/*
+ * `walk` serves the general language identifier (router/language.py): py3langid's model is a
+ * byte automaton whose states may each mark one feature. Walking it byte by byte is a Python
+ * loop there (~300 ns a byte); here it is a table lookup. The tables are checked on every step,
+ * so a malformed model raises instead of reading out of bounds.
+ */
+typedef struct {
+    const uint32_t *nextmove;
+    Py_ssize_t moves;
+    const uint32_t *rowbase;
+    const int32_t *output;
+    Py_ssize_t states;
+} Automaton;
+
+enum walk_outcome { WALKED = 0, WALK_OUT_OF_MEMORY, BAD_TABLES, BAD_ENDS };
+
+/* Appends (document << 32 | feature) for every feature state the walk of each text reaches. */
+static enum walk_outcome walk_all(
+    const Automaton *automaton, const uint8_t *data, Py_ssize_t size, const int64_t *ends,
+    Py_ssize_t texts, int64_t **keys, size_t *found
+) {
+    size_t capacity = (size_t)size + 1;
+    int64_t *out = malloc(capacity * sizeof(int64_t)); /* at most one feature per byte */
+    if (out == NULL) {
+        return WALK_OUT_OF_MEMORY;
+    }
+    size_t used = 0;
+    int64_t start = 0;
+    for (Py_ssize_t text = 0; text < texts; text++) {
+        int64_t end = ends[text];
+        if (end < start || end > size) {
+            free(out);
+            return BAD_ENDS;
+        }
+        uint32_t state = 0;
+        for (int64_t at = start; at < end; at++) {
+            uint64_t move = (uint64_t)automaton->rowbase[state] + data[at];
+            if (move >= (uint64_t)automaton->moves) {
+                free(out);
+                return BAD_TABLES;
+            }
+            state = automaton->nextmove[move];
+            if ((Py_ssize_t)state >= automaton->states) {
+                free(out);
+                return BAD_TABLES;
+            }
+            int32_t feature = automaton->output[state];
+            if (feature >= 0) {
+                out[used++] = ((int64_t)text << 32) | (int64_t)feature;
+            }
+        }
+        start = end;
+    }
+    *keys = out;
+    *found = used;
+    return WALKED;
+}
+
+/* A buffer of *count* items of *size* bytes each, or a ValueError naming *what*. */
+static int expect_items(const Py_buffer *view, Py_ssize_t size, const char *what) {
+    if (view->itemsize != size || view->ndim > 1) {
+        PyErr_Format(PyExc_ValueError, "%s must be a flat buffer of %zd-byte items", what, size);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *walk(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"nextmove", "rowbase", "output", "data", "ends", NULL};
+    PyObject *objects[5];
+    (void)module;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOO:walk", keywords, &objects[0], &objects[1], &objects[2], &objects[3],
+            &objects[4]
+        )) {
+        return NULL;
+    }
+    Py_buffer nextmove = {0}, rowbase = {0}, output = {0}, data = {0}, ends = {0};
+    int valid = borrow(objects[0], &nextmove) == 0 && expect_items(&nextmove, 4, "nextmove") == 0 &&
+                borrow(objects[1], &rowbase) == 0 && expect_items(&rowbase, 4, "rowbase") == 0 &&
+                borrow(objects[2], &output) == 0 && expect_items(&output, 4, "output") == 0 &&
+                borrow(objects[3], &data) == 0 && expect_items(&data, 1, "data") == 0 &&
+                borrow(objects[4], &ends) == 0 && expect_items(&ends, 8, "ends") == 0;
+    if (valid && rowbase.len != output.len) {
+        PyErr_SetString(PyExc_ValueError, "rowbase and output must have one item per state");
+        valid = 0;
+    }
+    PyObject *result = NULL;
+    if (valid) {
+        Automaton automaton = {
+            nextmove.buf, nextmove.len / 4, rowbase.buf, output.buf, output.len / 4,
+        };
+        int64_t *keys = NULL;
+        size_t found = 0;
+        enum walk_outcome outcome;
+        Py_BEGIN_ALLOW_THREADS
+        outcome = walk_all(&automaton, data.buf, data.len, ends.buf, ends.len / 8, &keys, &found);
+        Py_END_ALLOW_THREADS
+        switch (outcome) {
+        case WALKED:
+            result = PyBytes_FromStringAndSize((const char *)keys, (Py_ssize_t)(found * sizeof(int64_t)));
+            break;
+        case WALK_OUT_OF_MEMORY:
+            PyErr_NoMemory();
+            break;
+        case BAD_TABLES:
+            PyErr_SetString(PyExc_ValueError, "the automaton's tables point outside themselves");
+            break;
+        case BAD_ENDS:
+            PyErr_SetString(PyExc_ValueError, "ends must rise and stay within data");
+            break;
+        }
+        free(keys);
+    }
+    PyBuffer_Release(&nextmove);
+    PyBuffer_Release(&rowbase);
+    PyBuffer_Release(&output);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&ends);
+    return result;
+}
+
 PyDoc_STRVAR(
     count_doc,
     "count(codes, documents, bits, orders, words, word_pairs) -> (keys, counts)\n"
@@ -801,16 +924,30 @@ PyDoc_STRVAR(
     "Returns the float32 documents x columns scores, row after row, as bytes.\n"
 );
 
+PyDoc_STRVAR(
+    walk_doc,
+    "walk(nextmove, rowbase, output, data, ends) -> keys\n"
+    "\n"
+    "The features a byte automaton (py3langid's) reaches in each of several texts.\n"
+    "\n"
+    "nextmove: uint32 next state per (row base + byte). rowbase: uint32 row base per state.\n"
+    "output: int32 feature per state, -1 for none. data: the texts' bytes, concatenated.\n"
+    "ends: int64 end offset of each text in data, rising.\n"
+    "\n"
+    "Returns int64 keys (text << 32 | feature), one per feature reached, texts in order, as bytes.\n"
+);
+
 static PyMethodDef methods[] = {
     {"count", (PyCFunction)(void (*)(void))count, METH_VARARGS | METH_KEYWORDS, count_doc},
     {"score", (PyCFunction)(void (*)(void))score, METH_VARARGS | METH_KEYWORDS, score_doc},
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_VARARGS | METH_KEYWORDS, walk_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "router._ngrams",
-    "The featurizer's n-gram counter and scorer in C (see router/features.py).",
+    "The featurizer's n-gram counter and scorer, and a byte automaton walk, in C (see router/).",
     0,
     methods,
     NULL,
