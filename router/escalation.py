@@ -269,13 +269,22 @@ class CueMatcher:
     def kinds(self, normalized: str) -> frozenset[str]:
         """The cue kinds present in *normalized* text (already lower-cased, single-spaced)."""
         found = self._pattern.findall(f" {normalized} ")
+        if not found:  # most messages: no set to build
+            return _NO_CUES
         return frozenset(self._kind_of[m] for m in found if m in self._kind_of)
+
+
+_NO_CUES: frozenset[str] = frozenset()
 
 
 class Verdict(NamedTuple):  # one per message: cheaper to build than a frozen dataclass
     escalate: bool
     priority: Priority
     reasons: tuple[str, ...]
+
+
+_CALM = Verdict(False, "normal", ())
+_CALM_COMPLAINT = Verdict(False, "high", ())
 
 
 def judge(
@@ -291,6 +300,8 @@ def judge(
     issue; high: any other escalation, or a complaint; normal otherwise. (Auto-replies get low
     before they reach this step.)
     """
+    if not cues and not repeat_unresolved and model_probability < MODEL_THRESHOLD:
+        return _CALM_COMPLAINT if department == "complaints" else _CALM  # most messages
     reasons = [f"cue:{kind}" for kind in sorted(cues)]
     escalating = bool(cues & ESCALATING)
     if model_probability >= MODEL_THRESHOLD:

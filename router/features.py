@@ -92,7 +92,8 @@ def normalize(text: str) -> str:
     Digits are folded so that order numbers generalise ("OD4471902356" and "OD1234567890"
     share their n-grams); whitespace runs become one space.
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    # ASCII is its own NFKC form; isascii() reads a flag CPython keeps on every str.
+    folded = (text if text.isascii() else unicodedata.normalize("NFKC", text)).casefold()
     # surrogatepass: a lone surrogate passes through as it did before, never raises.
     folded = folded.encode("utf-8", "surrogatepass").translate(_ASCII_FOLD).decode("utf-8", "surrogatepass")
     if not folded.isascii():

@@ -46,6 +46,8 @@ AUTO_SUBMITTED = frozenset({"auto-reply", "bounce", "list"})
 SHORT_MESSAGE_WORDS = 4
 UNRESOLVED_HORIZON = timedelta(days=14)
 """How long after the last routed message a return to an unresolved conversation still escalates."""
+CONFIDENCE_DIGITS = 4
+"""Decimals of a routing's confidence: enough to rank, and short in the JSON."""
 
 
 # The per-message records below are NamedTuples: immutable like frozen dataclasses, and about
@@ -272,6 +274,9 @@ class Pipeline:
         best = allowed.argmax(axis=1)
         totals = probabilities[:, self._allowed].sum(axis=1)
         confidence = probabilities[np.arange(len(best)), best] / np.where(totals > 0, totals, 1.0)
+        # Clamped and rounded here for the batch: Python's round() costs ~1 µs a call.
+        # float64 first: a float32 rounded to 4 decimals is not the double 0.8734 but 0.87340003...
+        confidence = np.clip(confidence.astype(np.float64), 0.0, 1.0).round(CONFIDENCE_DIGITS)
         classes = self.department_model.classes
         return [_Candidate(classes[b], c) for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]
 
@@ -296,7 +301,7 @@ class Pipeline:
         reasons.append(f"affinity:{previous}")
         classes = self.department_model.classes
         own = float(probabilities[classes.index(previous)]) if previous in classes else 0.0
-        return _Candidate(previous, max(own, self.config.min_confidence))
+        return _Candidate(previous, round(min(max(own, self.config.min_confidence), 1.0), CONFIDENCE_DIGITS))
 
     def _routing(
         self,
@@ -307,10 +312,11 @@ class Pipeline:
         reasons: list[str],
         now: datetime,
     ) -> Routing:
-        # Every field is built here from checked parts (``now`` went through record_time).
+        # Every field is built here from checked parts (``now`` went through record_time, the
+        # confidence is in [0, 1] and rounded where it was chosen).
         return Routing.trusted(
             department=choice.department,
-            confidence=round(min(max(choice.confidence, 0.0), 1.0), 4),
+            confidence=choice.confidence,
             language=language.language,
             escalate=escalate,
             priority=priority,

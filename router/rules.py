@@ -104,6 +104,9 @@ class _CompiledRule:
         )
 
 
+_NOTHING_DECIDED = RuleOutcome()
+
+
 def _higher(current: Priority | None, new: Priority) -> Priority:
     if current is None or PRIORITY_ORDER.index(new) > PRIORITY_ORDER.index(current):
         return new
@@ -129,6 +132,8 @@ class RuleSet:
         The first matching rule that names a department decides it; priorities only ever rise;
         an ``escalate`` set by a rule stands; ``stop`` ends the evaluation.
         """
+        if not self.rules:
+            return _NOTHING_DECIDED
         department: str | None = None
         priority: Priority | None = None
         escalate: bool | None = None
