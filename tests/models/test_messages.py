@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from models import Attachment, InboundMessage, RoutedMessage, Routing, Sender
 from models.messages import fit_to_size, record_time
+from models.text import clean_text
 
 SCRIPTS = st.sampled_from(
     [
@@ -127,6 +128,20 @@ def test_any_unicode_round_trips(text: str, subject: str, name: str) -> None:
     assert InboundMessage.from_json_bytes(encoded) == message
     routed = RoutedMessage.from_inbound(message, routing())
     assert RoutedMessage.from_json_bytes(routed.to_json_bytes()) == routed
+
+
+@given(text=ANY_TEXT, body=ANY_TEXT)
+def test_the_body_is_cleaned_like_the_text_whether_or_not_they_are_equal(text: str, body: str) -> None:
+    for pair in ((text, body), (text, text), (body, body)):
+        message = inbound(text=pair[0], body=pair[1])
+        assert message.body == clean_text(pair[1])
+        assert message.text == clean_text(pair[0])
+        assert InboundMessage.from_json_bytes(message.to_json_bytes()) == message
+
+
+@given(value=ANY_TEXT)
+def test_cleaning_clean_text_changes_nothing(value: str) -> None:
+    assert clean_text(clean_text(value)) == clean_text(value)
 
 
 def test_records_are_frozen() -> None:
