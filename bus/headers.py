@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Headers", "header", "record_headers"]
+__all__ = ["MESSAGE_ID", "SCHEMA", "Headers", "header", "record_headers"]
 
 Headers = list[tuple[str, bytes]]
 

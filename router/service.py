@@ -33,7 +33,9 @@ from pydantic import ValidationError
 
 from bus.admin import ensure_topics, partitions_of
 from bus.changelog import changelog_partition, read_changelog
-from bus.headers import Headers, record_headers
+from bus.headers import MESSAGE_ID as MESSAGE_ID_HEADER
+from bus.headers import SCHEMA as SCHEMA_HEADER
+from bus.headers import Headers
 from bus.transactional import Health, LoopTuning, Output, Record, TransactionalLoop, resolve_exactly_once
 from models import ROUTED_SCHEMA, InboundMessage, Routing
 from models.config import Settings
@@ -46,6 +48,8 @@ __all__ = ["RouterMetrics", "RouterService", "RouterTuning", "group_id"]
 Logger = structlog.typing.FilteringBoundLogger
 
 CONVERSATION_SCHEMA = "conversation/1"
+_ROUTED_SCHEMA = ROUTED_SCHEMA.encode()
+_CONVERSATION_SCHEMA = CONVERSATION_SCHEMA.encode()
 # Room for the routing object on top of an inbound record that was cut to kafka.max_record_bytes.
 _ROUTING_ROOM = 16 * 1024
 _MAX_ERROR_CHARS = 1000
@@ -191,6 +195,15 @@ def _waves(keys: Sequence[tuple[int, str]]) -> list[list[int]]:
     return waves
 
 
+class _Route(NamedTuple):
+    """Where a department's messages go and the tags that count them."""
+
+    topic: str
+    routed: str
+    triaged: str
+    escalated: str
+
+
 def _context(state: ConversationState) -> ConversationContext:
     return ConversationContext(
         department=state.department,
@@ -222,6 +235,11 @@ class _RouterProcessor:
         self._max_bytes = settings.kafka.max_record_bytes + _ROUTING_ROOM
         self.affinity = AffinityTable()
         self.changelog_partitions = 1
+        # Built once rather than per message: topic names, tags, input partitions.
+        self._routes: dict[str, _Route] = {}
+        self._sources: dict[int, TopicPartition] = {}
+        self._escalations = self._topics.escalations
+        self._conversations = self._topics.conversations
         self._executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
@@ -362,10 +380,11 @@ class _RouterProcessor:
         """The record's outputs: routed (plus escalation copy) or DLQ, and its new state."""
         if isinstance(result, _Failure):
             return [self._dead_letter(record, result)]
-        source = TopicPartition(record.topic, record.partition)
+        source = self._sources.get(record.partition) or self._source(record)
         message = self._message(item)
         routing = result.routing
         key = message.conversation_id.encode()
+        message_id = message.message_id.encode()
         outputs: list[Output] = []
         if result.destination == "dropped":
             self._log.info(
@@ -381,28 +400,40 @@ class _RouterProcessor:
                     f"the routed record is {len(value)} bytes, above the limit", "RecordTooLarge"
                 )
                 return [self._dead_letter(record, failure)]
-            headers = record_headers(ROUTED_SCHEMA, message.message_id)
+            headers: Headers = [(SCHEMA_HEADER, _ROUTED_SCHEMA), (MESSAGE_ID_HEADER, message_id)]
+            route = self._routes.get(routing.department) or self._route(routing.department)
             if result.destination == "triage":
-                topic, tag = self._topics.triage, f"triaged:{routing.department}"
+                outputs.append(Output(source, self._topics.triage, key, value, headers, tag=route.triaged))
             else:
-                topic, tag = self._topics.department(routing.department), f"routed:{routing.department}"
-            outputs.append(Output(source, topic, key, value, headers, tag=tag))
+                outputs.append(Output(source, route.topic, key, value, headers, tag=route.routed))
             if routing.escalate:
-                escalated = f"escalated:{routing.department}"
-                outputs.append(Output(source, self._topics.escalations, key, value, headers, tag=escalated))
+                outputs.append(Output(source, self._escalations, key, value, headers, tag=route.escalated))
         assert result.state is not None
         outputs.append(
             Output(
                 source,
-                self._topics.conversations,
+                self._conversations,
                 key,
                 result.state.to_bytes(),
-                record_headers(CONVERSATION_SCHEMA, message.message_id),
+                [(SCHEMA_HEADER, _CONVERSATION_SCHEMA), (MESSAGE_ID_HEADER, message_id)],
                 partition=changelog_partition(record.partition, self.changelog_partitions),
                 tag="dropped" if result.destination == "dropped" else None,
             )
         )
         return outputs
+
+    def _source(self, record: Record) -> TopicPartition:
+        source = self._sources[record.partition] = TopicPartition(record.topic, record.partition)
+        return source
+
+    def _route(self, department: str) -> _Route:
+        route = self._routes[department] = _Route(
+            self._topics.department(department),
+            routed=f"routed:{department}",
+            triaged=f"triaged:{department}",
+            escalated=f"escalated:{department}",
+        )
+        return route
 
     def _dead_letter(self, record: Record, failure: _Failure) -> Output:
         headers: Headers = [(k, v) for k, v in record.headers or ()]
