@@ -16,6 +16,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from bus.fencing import missing_group_fencing
 from bus.options import client_options
 from models.config import KafkaConfig
 from models.errors import PublishError, RecordRejected
@@ -171,15 +172,25 @@ class Producer:
 
 
 async def supports_transactions(config: KafkaConfig, timeout: float = 10.0) -> bool:
-    """Whether the broker grants a transactional producer (Apache Kafka does, Tansu does not)."""
+    """Whether the broker grants transactions fenced through the consumer group (KIP-447).
+
+    Apache Kafka 2.5+ does; Tansu has no transactions at all. A broker with transactions but
+    without ``TxnOffsetCommit`` v3 / ``OffsetFetch`` v7 counts as one without: the exactly-once
+    loop shares one transactional producer between partitions, which only group fencing makes
+    safe (see :mod:`bus.fencing`).
+    """
     probe = AIOKafkaProducer(
         **client_options(config), transactional_id=f"{config.client_id}-capability-probe"
     )
     try:
         await asyncio.wait_for(probe.start(), timeout=timeout)
+        missing = await asyncio.wait_for(missing_group_fencing(probe.client), timeout=timeout)
     except (TimeoutError, KafkaError, OSError) as error:
         _log.info("broker has no transactions", reason=repr(error))
         return False
     finally:
         await probe.stop()
+    if missing:
+        _log.warning("broker has transactions but no group fencing (KIP-447)", missing=missing)
+        return False
     return True
