@@ -4,6 +4,12 @@ A stateful consumer keeps the state of input partition ``p`` in changelog partit
 :func:`changelog_partition`), so a process that takes over ``p`` restores only that partition
 instead of the whole topic. Reads are ``read_committed``: state written inside an aborted
 transaction is never seen.
+
+A read goes to the partitions' end as it stands when the read begins, records of transactions
+still open included, and so waits for those transactions to end. With group-fenced transactions
+(KIP-447) a new owner may find the previous owner's offsets committed while the commit markers
+of its last transaction are still on their way to the changelog's partitions; reading only to
+the last stable offset would then miss that transaction's state.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ async def read_changelog(
     """Each partition's newest value per key, read from its beginning to its current end.
 
     Tombstones (null values) remove their key; records without a key are ignored. Raises
-    ``TimeoutError`` when the partitions cannot be read to their end within *timeout* seconds.
+    ``TimeoutError`` when the partitions cannot be read to their end within *timeout* seconds
+    (a transaction left open by a crashed writer ends when the broker times it out).
     """
     wanted = [TopicPartition(topic, p) for p in sorted(set(partitions))]
     values: dict[int, dict[bytes, bytes]] = {tp.partition: {} for tp in wanted}
@@ -49,10 +56,10 @@ async def read_changelog(
     try:
         consumer.assign(wanted)
         await consumer.seek_to_beginning(*wanted)
-        # read_committed: the end is the last stable offset, so an open transaction's state is
-        # never waited for (the caller fences the previous owner before restoring).
-        ends = await consumer.end_offsets(wanted)
         async with asyncio.timeout(timeout):
+            ends = await _high_watermarks(config, wanted)
+            # A read_committed consumer stops before an open transaction's first record and
+            # moves past its records and marker once it ends: so this waits for it.
             while await behind(consumer, ends):
                 batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for tp, records in batches.items():
@@ -69,3 +76,19 @@ async def read_changelog(
         # aiokafka starts a coordinator task on assign(); let it run once before stopping.
         await asyncio.sleep(0)
         await consumer.stop()
+
+
+async def _high_watermarks(
+    config: KafkaConfig, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The partitions' ends counting records of open transactions (a read_committed consumer
+    would answer with the last stable offset)."""
+    probe = AIOKafkaConsumer(
+        **client_options(config), enable_auto_commit=False, isolation_level="read_uncommitted"
+    )
+    await probe.start()
+    try:
+        ends: dict[TopicPartition, int] = await probe.end_offsets(list(partitions))
+        return ends
+    finally:
+        await probe.stop()
