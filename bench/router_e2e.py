@@ -9,8 +9,8 @@ For each delivery mode (exactly once with transactions, at least once) it measur
 - throughput: *messages* realistic inbound records (~1 KB of JSON, multilingual texts from the
   corpus) pre-filled into ``sb.inbound``, drained by one bare pipe process (no work: copy the
   bytes) and by one router process, then by as many router processes as ``--routers`` says
-  sharing the group (decode, decide, affinity, routed JSON, one transaction per input partition
-  and batch). The rate is read from the group's committed offsets over the last 90 % of the
+  sharing the group (decode, decide, affinity, routed JSON, one transaction per
+  batch). The rate is read from the group's committed offsets over the last 90 % of the
   records (the first tenth covers joining and rebalancing); the ratio is router / pipe (target
   >= 60 % for one process against one);
 - latency: records produced at a fixed *rate*, time from the producer's send to a

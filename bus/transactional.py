@@ -3,23 +3,33 @@
 :class:`TransactionalLoop` reads one topic in a consumer group, hands each batch to a
 :class:`Processor` and commits what it returned together with the input offsets:
 
-- **Exactly once** (brokers with transactions): every input partition has its own transactional
-  producer, ``transactional.id = "<group>.<topic>.<partition>"``. The outputs of a partition's
-  records and its next offset are committed in one transaction, so either all of them become
-  visible to ``read_committed`` readers or none do. aiokafka (0.14) commits offsets with
-  ``TxnOffsetCommit`` v0, which carries no group generation, so the broker cannot fence a stale
-  member through the group (KIP-447). The per-partition transactional id does it instead: a new
-  owner's ``InitProducerId`` fences the previous owner and completes or aborts its open
-  transaction, and only then does the new owner read the committed offset and restore state.
+- **Exactly once** (brokers with transactions and KIP-447 group fencing): one transactional
+  producer per loop, ``transactional.id = "<group>.<topic>.<random uuid>"``, new at every process
+  start (as Kafka Streams' eos-v2). Each batch is one transaction over every input partition in
+  it: its outputs, then the next offset of each partition, then the commit, so either all of the
+  batch becomes visible to ``read_committed`` readers or none of it does. The id does not fence
+  anything; the consumer group does (:mod:`bus.fencing`): the offsets go out as
+  ``TxnOffsetCommit`` v3 with the consumer's generation, member id and group instance id, read
+  at commit time, and the group coordinator refuses them from a member that is no longer the
+  owner, so a zombie's transaction aborts. A new owner reads the committed offset with
+  ``OffsetFetch`` v7 ``require_stable``: while another transaction holding offsets for the
+  partition is open the broker answers "unstable" and the partition waits (paused, the others
+  keep going), so it never starts from an offset that transaction is about to replace. A router
+  that crashed leaves its transaction open until ``transaction_timeout_ms`` (nobody re-uses its
+  random id), so that is kept short and the new owner waits at most about that long plus the
+  broker's abort scan interval.
 - **At least once** (no transactions, e.g. the embedded Tansu broker): one plain producer; the
   outputs are produced and acknowledged (acks=all) before the offsets are committed. A crash in
   between repeats records, never loses them.
 
-Rebalances: a revoked partition's batch in hand is committed before the revoke callback returns.
-A partition is handed to the processor only after :meth:`Processor.assigned` has run for it
-(state restore) and the consumer was positioned at its committed offset. A failed commit (broker
-trouble, fencing, timeout) re-initializes just that partition the same way: new producer,
-committed offset, fresh state, so nothing is lost or duplicated.
+Rebalances: a revoked partition's batch in hand is committed before the revoke callback returns
+(with the generation it was fetched in, still current then). A partition is handed to the
+processor only after :meth:`Processor.assigned` has run for it (state restore) and the consumer
+was positioned at its committed offset. A failed or fenced commit fails every partition of the
+batch, which is re-initialized the same way: committed offset (stable), fresh state. The
+producer is replaced after any failed transaction: aiokafka forgets a failed transaction's
+partitions, so its abort would not reach the broker and the next commit could carry the failed
+batch's records; a new producer with the same id (InitProducerId, new epoch) aborts it.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
@@ -38,6 +49,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from bus.consumer import consumer_options
+from bus.fencing import GroupFencedProducer, OffsetsUnstable, fetch_stable_offsets, group_metadata
 from bus.headers import Headers
 from bus.partitioning import partitions_of_keys
 from bus.producer import producer_options, supports_transactions
@@ -65,7 +77,7 @@ Logger = structlog.typing.FilteringBoundLogger
 
 
 class Output(NamedTuple):  # a NamedTuple: built per record, 4x cheaper than a frozen dataclass
-    """One record to produce, committed in the transaction of input partition *source*."""
+    """One record to produce for a record of input partition *source*, committed with its batch."""
 
     source: TopicPartition
     topic: str
@@ -110,8 +122,10 @@ class LoopTuning:
     fetch_timeout_ms: int = 100
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
-    transaction_timeout_ms: int = 30_000
-    commit_timeout_s: float = 30.0
+    # A crashed router's open transaction blocks its partitions' new owner until the broker
+    # aborts it after this long (Kafka Streams' eos default); a commit gives up well before.
+    transaction_timeout_ms: int = 10_000
+    commit_timeout_s: float = 8.0
     retry_backoff_s: float = 1.0
 
 
@@ -121,10 +135,14 @@ async def resolve_exactly_once(config: KafkaConfig, logger: Logger) -> bool:
         return False
     supported = await supports_transactions(config)
     if config.delivery == "exactly_once" and not supported:
-        raise RuntimeError("kafka.delivery is exactly_once but the broker does not support transactions")
+        raise RuntimeError(
+            "kafka.delivery is exactly_once but the broker does not support transactions "
+            "fenced through the consumer group (KIP-447, Kafka 2.5+)"
+        )
     if not supported:
         logger.warning(
-            "the broker has no transactions: delivery is at least once (duplicates keep their message_id)"
+            "the broker has no transactions with group fencing (KIP-447): delivery is at least once "
+            "(duplicates keep their message_id)"
         )
     return supported
 
@@ -148,8 +166,6 @@ class _Delivery(Protocol):
     async def start(self) -> None: ...
 
     async def open(self, partitions: Sequence[TopicPartition]) -> None: ...
-
-    async def close(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     async def deliver(
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
@@ -213,76 +229,77 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout: float, log: Logger)
 
 
 class _ExactlyOnce:
-    """One transactional producer per input partition (fencing by transactional id)."""
+    """One transactional producer, one transaction per batch, fenced by the group (KIP-447)."""
 
-    def __init__(self, config: KafkaConfig, group_id: str, tuning: LoopTuning, log: Logger) -> None:
+    def __init__(
+        self, config: KafkaConfig, group_id: str, topic: str, tuning: LoopTuning, log: Logger
+    ) -> None:
         self._config = config
-        self._group_id = group_id
         self._tuning = tuning
         self._log = log
-        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # Random per process start: the group fences, not this id, so it only has to differ
+        # from every other live producer's (a restarted router's old transaction times out).
+        self.transactional_id = f"{group_id}.{topic}.{uuid.uuid4()}"
+        self._producer: GroupFencedProducer | None = None
 
     async def start(self) -> None:
-        return None  # producers are opened per partition on assignment
+        return None  # the producer is opened with the first partitions
 
-    def transactional_id(self, tp: TopicPartition) -> str:
-        return f"{self._group_id}.{tp.topic}.{tp.partition}"
-
-    async def _open_one(self, tp: TopicPartition) -> None:
-        producer = AIOKafkaProducer(
+    async def _ready_producer(self) -> GroupFencedProducer:
+        if self._producer is not None:
+            return self._producer
+        producer = GroupFencedProducer(
             **{**producer_options(self._config, idempotent=True), "retry_backoff_ms": _TXN_BACKOFF_MS},
             max_batch_size=_BATCH_BYTES,
-            transactional_id=self.transactional_id(tp),
+            transactional_id=self.transactional_id,
             transaction_timeout_ms=self._tuning.transaction_timeout_ms,
         )
         try:
-            # start() runs InitProducerId: fences any previous owner and waits until its open
-            # transaction is completed or aborted.
+            # InitProducerId: bumps the epoch, so a transaction the previous producer under this
+            # id left open is aborted (and completed) before this one starts.
             await asyncio.wait_for(producer.start(), timeout=self._tuning.commit_timeout_s)
         except BaseException:
             await _stop_quietly(producer, 5.0, self._log)
             raise
-        self._producers[tp] = producer
+        self._producer = producer
+        return producer
 
     async def open(self, partitions: Sequence[TopicPartition]) -> None:
-        await self.close(partitions)
-        results = await asyncio.gather(*(self._open_one(tp) for tp in partitions), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await self._ready_producer()
 
-    async def close(self, partitions: Iterable[TopicPartition]) -> None:
-        producers = [p for p in (self._producers.pop(tp, None) for tp in partitions) if p is not None]
-        await asyncio.gather(*(_stop_quietly(p, 5.0, self._log) for p in producers))
-
-    async def _commit_one(self, tp: TopicPartition, work: _PartitionWork) -> None:
-        producer = self._producers[tp]
-        await producer.begin_transaction()
-        async with asyncio.timeout(self._tuning.commit_timeout_s):
-            try:
-                await _send_all(producer, work.outputs)
-                await producer.send_offsets_to_transaction({tp: work.next_offset}, self._group_id)
-            except BaseException:
-                # Best effort: whatever happens, the partition is re-initialized, and the next
-                # InitProducerId aborts anything left open.
-                try:
-                    await asyncio.wait_for(producer.abort_transaction(), timeout=5.0)
-                except Exception as error:
-                    self._log.debug("abort failed", partition=tp.partition, error=repr(error))
-                raise
-            await producer.commit_transaction()
+    async def _discard(self, producer: GroupFencedProducer) -> None:
+        """Drop *producer* after a failed transaction; its successor's InitProducerId aborts it."""
+        if self._producer is producer:
+            self._producer = None
+        await _stop_quietly(producer, 5.0, self._log)
 
     async def deliver(
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
     ) -> dict[TopicPartition, BaseException]:
-        partitions = list(work)
-        results = await asyncio.gather(
-            *(self._commit_one(tp, work[tp]) for tp in partitions), return_exceptions=True
-        )
-        return {tp: r for tp, r in zip(partitions, results, strict=True) if isinstance(r, BaseException)}
+        producer = await self._ready_producer()
+        try:
+            async with asyncio.timeout(self._tuning.commit_timeout_s):
+                await producer.begin_transaction()
+                await _send_all(producer, [output for w in work.values() for output in w.outputs])
+                offsets = {tp: w.next_offset for tp, w in work.items()}
+                # The membership now, not at fetch time: a rebalance in between must fence us.
+                await producer.send_offsets_with_group(offsets, group_metadata(consumer))
+                await producer.commit_transaction()
+        except asyncio.CancelledError:
+            await self._discard(producer)
+            raise
+        except Exception as error:
+            self._log.warning(
+                "transaction failed; the producer is replaced", transactional_id=self.transactional_id
+            )
+            await self._discard(producer)
+            return dict.fromkeys(work, error)
+        return {}
 
     async def stop(self) -> None:
-        await self.close(list(self._producers))
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer, 5.0, self._log)
 
 
 class _AtLeastOnce:
@@ -298,9 +315,6 @@ class _AtLeastOnce:
         await asyncio.wait_for(self._producer.start(), timeout=self._tuning.commit_timeout_s)
 
     async def open(self, partitions: Sequence[TopicPartition]) -> None:
-        return None
-
-    async def close(self, partitions: Iterable[TopicPartition]) -> None:
         return None
 
     async def deliver(
@@ -358,16 +372,20 @@ class TransactionalLoop:
         self._tuning = tuning
         self._consumer: AIOKafkaConsumer | None = None
         self._delivery: _Delivery = (
-            _ExactlyOnce(config, group_id, tuning, logger) if exactly_once else _AtLeastOnce(config, tuning)
+            _ExactlyOnce(config, group_id, topic, tuning, logger)
+            if exactly_once
+            else _AtLeastOnce(config, tuning)
         )
         # Partitions handed to the processor; each became ready right after a seek to _next.
         self._ready: set[TopicPartition] = set()
-        # Assigned partitions still to initialize (producer, committed offset, state).
+        # Assigned partitions still to initialize (committed offset, state).
         self._pending: set[TopicPartition] = set()
-        # Revoked partitions whose producer and state are kept in case they come back.
+        # Revoked partitions whose state is kept in case they come back.
         self._retained: set[TopicPartition] = set()
         # The offset after the last record whose effects are committed, per partition.
         self._next: dict[TopicPartition, int] = {}
+        # Pending partitions last seen held by an open transaction (to log changes only).
+        self._unstable: frozenset[TopicPartition] = frozenset()
         self._flight: _Flight | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -449,7 +467,6 @@ class TransactionalLoop:
             self._pending |= fresh
         if gone:
             self._forget(gone)
-            await self._delivery.close(gone)
         self._log.info(
             "partitions assigned",
             kept=sorted(tp.partition for tp in kept),
@@ -462,13 +479,21 @@ class TransactionalLoop:
         self._processor.released(partitions)
 
     async def _open_pending(self, consumer: AIOKafkaConsumer) -> None:
-        """Initialize assigned partitions: fence the previous owner, seek, restore state."""
+        """Initialize assigned partitions: committed offset, seek, restore state.
+
+        In exactly-once mode a partition whose offset an open transaction still holds stays
+        pending (paused) and is asked again at the next step; the other partitions go on.
+        """
         partitions = sorted(self._pending)
         await self._delivery.open(partitions)
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
-        missing = [tp for tp, offset in zip(partitions, committed, strict=True) if offset is None]
+        committed = await self._committed(consumer, partitions)
+        partitions = [tp for tp in partitions if tp in committed]
+        if not partitions:
+            return
+        missing = [tp for tp in partitions if committed[tp] is None]
         beginnings = await consumer.beginning_offsets(missing) if missing else {}
-        for tp, offset in zip(partitions, committed, strict=True):
+        for tp in partitions:
+            offset = committed[tp]
             start = beginnings[tp] if offset is None else offset
             consumer.seek(tp, start)
             self._next[tp] = start
@@ -477,6 +502,33 @@ class TransactionalLoop:
         self._pending.difference_update(partitions)
         self._ready.update(partitions)
         self._log.info("partitions ready", partitions=[tp.partition for tp in partitions])
+
+    async def _committed(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """Committed offsets of *partitions*; in exactly-once mode only those no transaction holds."""
+        if not self.exactly_once:
+            committed = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
+            return dict(zip(partitions, committed, strict=True))
+        try:
+            # Waiting on an open transaction is bounded like a fetch: while a crashed owner's
+            # transaction times out, the partitions already ready keep going between attempts.
+            offsets = await fetch_stable_offsets(
+                consumer,
+                partitions,
+                timeout=self._tuning.commit_timeout_s,
+                unstable_timeout=self._tuning.fetch_timeout_ms / 1000,
+            )
+        except OffsetsUnstable as waiting:
+            if waiting.unstable != self._unstable:
+                self._log.info(
+                    "waiting for an open transaction to end",
+                    partitions=sorted(tp.partition for tp in waiting.unstable),
+                )
+            self._unstable = waiting.unstable
+            return waiting.stable
+        self._unstable = frozenset()
+        return offsets
 
     def _reinitialize(self, consumer: AIOKafkaConsumer, partitions: Collection[TopicPartition]) -> None:
         """Treat *partitions* as newly assigned: their uncommitted work is redone from scratch."""
@@ -589,11 +641,11 @@ class TransactionalLoop:
             self._processor.committed(outputs, time.perf_counter() - flight.started)
         if not failed:
             return None
-        for tp, reason in failed.items():
-            self._log.warning(
-                "commit failed; partition is re-initialized", partition=tp.partition, error=repr(reason)
-            )
-        await self._delivery.close(failed)
+        self._log.warning(
+            "commit failed; partitions are re-initialized",
+            partitions=sorted(tp.partition for tp in failed),
+            error=repr(next(iter(failed.values()))),
+        )
         self._reinitialize(consumer, failed)
         first = next(iter(failed.values()))
         return f"commit failed on {len(failed)} partition(s): {first!r}"

@@ -1,14 +1,18 @@
-"""The exactly-once loop when a commit fails: the partition starts over, nothing is lost or doubled."""
+"""The exactly-once loop when a commit fails: the batch's partitions start over, nothing is lost or doubled."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 
+import pytest
 import structlog
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bus import transactional
 from bus.admin import ensure_topics
+from bus.fencing import GroupMetadata, group_metadata
 from bus.options import client_options
 from bus.transactional import LoopTuning, Output, Record, TransactionalLoop
 from models.config import KafkaConfig
@@ -29,6 +33,7 @@ class Copier:
         self.gate.set()
         self.reached = asyncio.Event()
         self.pause_after: int | None = None
+        self.batch_partitions: list[set[int]] = []  # the input partitions of each batch
 
     async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
         return None
@@ -38,6 +43,7 @@ class Copier:
 
     async def process(self, records: Sequence[Record]) -> Sequence[Output]:
         self.batches += 1
+        self.batch_partitions.append({r.partition for r in records})
         if self.pause_after is not None and self.batches == self.pause_after:
             self.reached.set()
             await self.gate.wait()
@@ -51,50 +57,92 @@ class Copier:
 
 
 async def fill(config: KafkaConfig, topic: str, count: int) -> None:
+    """*count* records spread over every partition of *topic*, so a batch spans several."""
     producer = AIOKafkaProducer(**client_options(config), acks="all")
     await producer.start()
     try:
         for n in range(count):
-            await producer.send(topic, f"record-{n}".encode(), key=b"one key", partition=0)
+            await producer.send(
+                topic, f"record-{n}".encode(), key=b"one key", partition=n % config.partitions
+            )
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def test_a_fenced_commit_starts_the_partition_over_and_nothing_is_lost_or_doubled(
-    kafka_config: KafkaConfig,
-) -> None:
-    kafka_config = kafka_config.model_copy(update={"partitions": 1})
+async def _copy_with_an_intervention(
+    kafka_config: KafkaConfig, intervene: Callable[[TransactionalLoop], Awaitable[object]]
+) -> tuple[list[bytes], Copier]:
+    """Copy 300 records while *intervene* runs in the middle (a batch in flight, the next in hand)."""
     source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
     await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
-    await fill(kafka_config, source, 200)
+    await fill(kafka_config, source, 300)
     copier = Copier(sink)
-    copier.pause_after = 3
+    copier.pause_after = 2
     copier.gate.clear()
-    group = f"{kafka_config.topic_prefix}-copier"
     loop = TransactionalLoop(
         kafka_config,
         topic=source,
-        group_id=group,
+        group_id=f"{kafka_config.topic_prefix}-copier",
         processor=copier,
         exactly_once=True,
         logger=structlog.get_logger("test"),
-        tuning=TUNING,
+        tuning=replace(TUNING, max_records=150),  # batches of two partitions' records
     )
     await loop.start()
-    rogue = None
     try:
         await asyncio.wait_for(copier.reached.wait(), timeout=30)
-        # Another producer takes the partition's transactional id: the loop's producer is fenced,
-        # so the batches in flight fail and the partition must start again from its commit.
-        rogue = AIOKafkaProducer(**client_options(kafka_config), transactional_id=f"{group}.{source}.0")
-        await rogue.start()
+        await intervene(loop)
         copier.gate.set()
-        records = await read_topic(kafka_config, sink, 200, timeout=60)
+        records = await read_topic(kafka_config, sink, 300, timeout=60)
     finally:
         await loop.stop()
-        if rogue is not None:
+    return [r.value for r in records], copier  # type: ignore[attr-defined]
+
+
+def assert_one_whole_batch_started_over(copier: Copier) -> None:
+    restarted = set(copier.restarted)
+    assert len(restarted) > 1 and restarted in copier.batch_partitions
+
+
+EVERY_RECORD = sorted(f"record-{n}".encode() for n in range(300))
+
+
+async def test_a_fenced_producer_starts_the_batch_over_and_nothing_is_lost_or_doubled(
+    kafka_config: KafkaConfig,
+) -> None:
+    rogues: list[AIOKafkaProducer] = []
+
+    async def take_the_transactional_id(loop: TransactionalLoop) -> None:
+        # Another producer takes the loop's transactional id: the loop's producer is fenced, so
+        # the batches in flight fail and every partition in them starts again from its commit.
+        transactional_id = loop._delivery.transactional_id  # type: ignore[attr-defined]
+        rogue = AIOKafkaProducer(**client_options(kafka_config), transactional_id=transactional_id)
+        rogues.append(rogue)
+        await rogue.start()
+
+    try:
+        values, copier = await _copy_with_an_intervention(kafka_config, take_the_transactional_id)
+    finally:
+        for rogue in rogues:
             await rogue.stop()
-    values = sorted(r.value for r in records)  # type: ignore[attr-defined]
-    assert values == sorted(f"record-{n}".encode() for n in range(200))
-    assert 0 in copier.restarted  # the fenced partition was re-initialized
+    assert sorted(values) == EVERY_RECORD
+    assert_one_whole_batch_started_over(copier)
+
+
+async def test_a_commit_the_group_refuses_starts_the_batch_over_and_nothing_is_lost_or_doubled(
+    kafka_config: KafkaConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def make_the_next_commit_stale(loop: TransactionalLoop) -> None:
+        # The next commit carries an older generation, as a zombie's would: the group
+        # coordinator refuses it (ILLEGAL_GENERATION) and the transaction must not commit.
+        def stale_once(consumer: AIOKafkaConsumer) -> GroupMetadata:
+            monkeypatch.setattr(transactional, "group_metadata", group_metadata)
+            current = group_metadata(consumer)
+            return replace(current, generation_id=current.generation_id - 1)
+
+        monkeypatch.setattr(transactional, "group_metadata", stale_once)
+
+    values, copier = await _copy_with_an_intervention(kafka_config, make_the_next_commit_stale)
+    assert sorted(values) == EVERY_RECORD
+    assert_one_whole_batch_started_over(copier)
