@@ -107,7 +107,8 @@ class KafkaConfig(_Section):
         default=1, ge=1, le=32, description="replicas of topics Switchboard creates"
     )
     delivery: Literal["auto", "exactly_once", "at_least_once"] = Field(
-        default="auto", description="auto: exactly once when the broker has transactions, else at least once"
+        default="auto",
+        description="auto: exactly once when the broker has transactions with group fencing (KIP-447, Kafka 2.5+), else at least once",
     )
     client_id: str = Field(default="switchboard", description="Kafka client id prefix (broker logs, quotas)")
     request_timeout_ms: int = Field(default=30_000, ge=1_000, description="Kafka request timeout")
