@@ -5,8 +5,8 @@ its byte n-gram features (~300 ns a byte), then a dozen small numpy operations t
 naive Bayes probabilities, ~150 µs a message in all. The router asks it about the few messages of
 a batch the team's model is unsure of, and that was a sixth of the router's classification
 time. Here the automaton is walked in C for all the texts (``router._ngrams.walk``; the same
-walk in Python where the module was not built) and the texts are scored together: one gather of
-the features' rows, one sum per text, one softmax for the batch. Same model and the same
+walk in Python where the module was not built) and the texts are scored together: one product
+of each text's feature rows, one softmax for the whole batch. Same model and the same
 arithmetic as py3langid's ``classify`` (its ``norm_probs`` mode); the tests hold the two to the
 same answers.
 
@@ -71,9 +71,6 @@ class BatchIdentifier:
         if native and walk is None:
             raise RuntimeError("router._ngrams is not built")
         self._walk_native = walk
-        from scipy.sparse import csr_matrix  # here, not at import: classify must start fast
-
-        self._sparse = csr_matrix
 
     def __call__(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         if not texts:
@@ -111,17 +108,14 @@ class BatchIdentifier:
         if len(keys):
             distinct, counts = np.unique(keys, return_counts=True)  # sorted: text, then feature
             texts = distinct >> _FEATURE_BITS
-            features = (distinct & ((1 << _FEATURE_BITS) - 1)).astype(np.int32)
-            rows = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(np.bincount(texts, minlength=len(lengths)), out=rows[1:])
-            # A sparse product reads each feature's row once, in place; gathering the rows first
-            # would copy ~200 rows of 142 floats a text.
-            counted = self._sparse(
-                (np.log1p(counts.astype(np.float32)), features, rows), shape=(len(lengths), len(self._table))
-            )
-            featured = np.unique(texts)
-            # A text without features scores 0 for every class (no prior), as py3langid does.
-            scores[featured] = (counted @ self._table)[featured] + self._prior
+            features = distinct & ((1 << _FEATURE_BITS) - 1)
+            weights = np.log1p(counts.astype(np.float32))
+            starts = np.flatnonzero(np.r_[True, texts[1:] != texts[:-1]])
+            ends = np.r_[starts[1:], len(distinct)]
+            # Per text, one product with just its features' rows (~20 µs), as py3langid does; a
+            # text without features scores 0 for every class (no prior), as in py3langid.
+            for text, start, end in zip(texts[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+                scores[text] = weights[start:end] @ self._table[features[start:end]] + self._prior
         scores *= np.array([1.0 / math.sqrt(n or 1) for n in lengths], dtype=np.float32)[:, None]
         np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
         scores /= scores.sum(axis=1, keepdims=True)

@@ -12,7 +12,7 @@ So identification is three small steps:
    code-mixed Hindi, Bengali and Tamil.
 3. **The general identifier** (py3langid) when the team's model is not sure, so a French or
    German message still comes back as ``fr`` or ``de``. It is asked once a batch, about all the
-   unsure texts together (:mod:`router.general_language`: ~35 µs a text instead of ~155).
+   unsure texts together (:mod:`router.general_language`: ~40 µs a text instead of ~155).
 
 Codes are ISO 639-1; ``und`` (ISO 639-2, undetermined) when a message has no letters at all.
 """
