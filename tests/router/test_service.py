@@ -210,12 +210,19 @@ async def test_a_second_router_joining_and_leaving_loses_and_duplicates_nothing(
     async with running(first):
         await publish(kafka_config, created_topics, messages[:500])
         await second.start()
+
+        async def second_owns_partitions() -> bool:
+            return bool(second.owned_partitions())
+
+        # Published only once the second owns partitions: the first may well have drained every
+        # earlier record before the rebalance ends, and the second must get some of the stream.
+        await eventually(second_owns_partitions, timeout=120)  # a rebalance on a loaded machine is slow
         await publish(kafka_config, created_topics, messages[500:1_200])
 
         async def second_has_worked() -> bool:
             return decided(second) > 0
 
-        await eventually(second_has_worked, timeout=120)  # a rebalance on a loaded machine is slow
+        await eventually(second_has_worked, timeout=60)
         await second.stop()  # leaves the group mid-stream; its partitions go back to the first
         await second.stop()  # idempotent
         await publish(kafka_config, created_topics, messages[1_200:])
