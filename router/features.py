@@ -48,6 +48,7 @@ __all__ = [
     "FeatureSpec",
     "Features",
     "Featurizer",
+    "load_native",
     "model_input",
     "normalize",
 ]
@@ -63,15 +64,16 @@ _SEPARATOR = "\x00"
 SMALL_BATCH = 16
 
 
-def _load_native() -> ModuleType | None:
-    """The C counter if it was compiled; an install without a C compiler has only the numpy path."""
+def load_native() -> ModuleType | None:
+    """``router._ngrams`` if it was compiled; an install without a C compiler has only the numpy
+    and Python paths."""
     try:
         return importlib.import_module("router._ngrams")
     except ImportError:
         return None
 
 
-_NATIVE = _load_native()
+_NATIVE = load_native()
 NATIVE_AVAILABLE: bool = _NATIVE is not None
 """Whether ``router._ngrams`` imports, i.e. whether featurizers count n-grams in C by default."""
 

@@ -16,13 +16,14 @@ installed version differs, each text goes through ``classify`` one by one, as be
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from router.features import load_native
 
 __all__ = ["BatchIdentifier", "GeneralIdentifier", "load_py3langid"]
 
@@ -33,11 +34,7 @@ _FEATURE_BITS = 32  # walk() packs keys as text << 32 | feature
 
 
 def _walker() -> Callable[..., bytes] | None:
-    try:
-        native = importlib.import_module("router._ngrams")
-    except ImportError:
-        return None
-    walk: Callable[..., bytes] | None = getattr(native, "walk", None)
+    walk: Callable[..., bytes] | None = getattr(load_native(), "walk", None)
     return walk
 
 
