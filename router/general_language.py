@@ -62,7 +62,7 @@ class BatchIdentifier:
             self._encode: Callable[[str], bytes] = identifier._encode
         except AttributeError as missing:
             raise TypeError(f"py3langid's identifier has another layout: {missing}") from missing
-        if self._table.ndim != 2 or self._table.shape[1] != len(self._classes) != len(self._prior):
+        if self._table.ndim != 2 or not self._table.shape[1] == len(self._classes) == len(self._prior):
             raise TypeError("py3langid's tables do not agree with its classes")
         walk = _walker() if native is not False else None
         if native and walk is None:

@@ -87,6 +87,15 @@ def test_a_malformed_automaton_is_refused_not_read_out_of_bounds() -> None:
         walk(nextmove, rowbase, output, b"ab", np.array([3], dtype=np.int64))
 
 
+def test_an_identifier_whose_tables_disagree_with_its_classes_is_not_batched() -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    odd = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    odd.nb_pc = odd.nb_pc[:-1]  # one prior short
+    with pytest.raises(TypeError, match="agree"):
+        BatchIdentifier(odd)
+
+
 class Recording:
     """A general identifier that answers "fr" and remembers what it was asked, batch by batch."""
 
