@@ -51,7 +51,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from bus.consumer import consumer_options
 from bus.fencing import GroupFencedProducer, OffsetsUnstable, fetch_stable_offsets, group_metadata
 from bus.headers import Headers
-from bus.partitioning import partitions_of_keys
+from bus.partitioning import positive_hashes
 from bus.producer import producer_options, supports_transactions
 from models.config import KafkaConfig
 
@@ -177,23 +177,25 @@ class _Delivery(Protocol):
 async def _partitions(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> list[int]:
     """Each output's partition: its own, else Kafka's default partitioner's pick for its key.
 
-    Keys go through murmur2 as the Java client computes it, for the whole batch at once, so a
-    conversation keeps its partition; a record without a key may go to any partition.
+    Keys go through murmur2 as the Java client computes it, all the batch's keys in one call
+    whatever their topic, so a conversation keeps its partition; a record without a key may go
+    to any partition.
     """
     chosen = [output.partition for output in outputs]
-    pending: dict[str, list[int]] = {}
-    for index, output in enumerate(outputs):
-        if output.partition is None:
-            pending.setdefault(output.topic, []).append(index)
-    for topic, indexes in pending.items():
-        known = sorted(await producer.partitions_for(topic))
-        keyed = [i for i in indexes if outputs[i].key is not None]
-        picks = partitions_of_keys([outputs[i].key or b"" for i in keyed], len(known))
-        for i, pick in zip(keyed, picks, strict=True):
-            chosen[i] = known[pick]
-        for i in indexes:
-            if chosen[i] is None:
-                chosen[i] = _PARTITIONER(None, known, known)
+    pending = [i for i, output in enumerate(outputs) if output.partition is None]
+    known: dict[str, list[int]] = {}
+    for i in pending:
+        topic = outputs[i].topic
+        if topic not in known:
+            known[topic] = sorted(await producer.partitions_for(topic))
+    keyed = [i for i in pending if outputs[i].key is not None]
+    for i, hashed in zip(keyed, positive_hashes([outputs[i].key or b"" for i in keyed]), strict=True):
+        partitions = known[outputs[i].topic]
+        chosen[i] = partitions[hashed % len(partitions)]
+    for i in pending:
+        if chosen[i] is None:
+            partitions = known[outputs[i].topic]
+            chosen[i] = _PARTITIONER(None, partitions, partitions)
     return [partition for partition in chosen if partition is not None]
 
 
