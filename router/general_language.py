@@ -23,19 +23,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router.features import load_native
+from router.automaton import TEXT_SHIFT, ByteAutomaton
 
 __all__ = ["BatchIdentifier", "GeneralIdentifier", "load_py3langid"]
 
 GeneralIdentifier = Callable[[Sequence[str]], list[tuple[str, float]]]
 """Language code and probability for each text of a batch."""
-
-_FEATURE_BITS = 32  # walk() packs keys as text << 32 | feature
-
-
-def _walker() -> Callable[..., bytes] | None:
-    walk: Callable[..., bytes] | None = getattr(load_native(), "walk", None)
-    return walk
 
 
 class BatchIdentifier:
@@ -56,18 +49,15 @@ class BatchIdentifier:
             self._prior = np.asarray(identifier.nb_pc, dtype=np.float32)
             self._classes: list[str] = [str(c) for c in identifier.nb_classes]
             self._aliases: list[tuple[int, int]] = [(int(i), int(j)) for i, j in identifier._alias_pairs]
-            self._nextmove = np.asarray(identifier.tk_nextmove, dtype=np.uint32)
-            self._rowbase = np.asarray(identifier.tk_row, dtype=np.uint32) << np.uint32(8)
-            self._output = np.asarray(identifier.tk_output, dtype=np.int32)
+            nextmove = np.asarray(identifier.tk_nextmove, dtype=np.uint32)
+            rowbase = np.asarray(identifier.tk_row, dtype=np.uint32) << np.uint32(8)
+            output = np.asarray(identifier.tk_output, dtype=np.int32)
             self._encode: Callable[[str], bytes] = identifier._encode
         except AttributeError as missing:
             raise TypeError(f"py3langid's identifier has another layout: {missing}") from missing
         if self._table.ndim != 2 or not self._table.shape[1] == len(self._classes) == len(self._prior):
             raise TypeError("py3langid's tables do not agree with its classes")
-        walk = _walker() if native is not False else None
-        if native and walk is None:
-            raise RuntimeError("router._ngrams is not built")
-        self._walk_native = walk
+        self._automaton = ByteAutomaton(nextmove, rowbase, output, native=native)
 
     def __call__(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         if not texts:
@@ -81,22 +71,7 @@ class BatchIdentifier:
 
     def _features(self, encoded: Sequence[bytes]) -> npt.NDArray[np.int64]:
         """``text << 32 | feature`` for every feature the automaton reaches, texts in order."""
-        if self._walk_native is not None:
-            ends = np.cumsum([len(data) for data in encoded], dtype=np.int64)
-            packed = self._walk_native(self._nextmove, self._rowbase, self._output, b"".join(encoded), ends)
-            return np.frombuffer(packed, dtype=np.int64)
-        return self._features_in_python(encoded)
-
-    def _features_in_python(self, encoded: Sequence[bytes]) -> npt.NDArray[np.int64]:
-        nextmove, rowbase, output = self._nextmove, self._rowbase.tolist(), self._output.tolist()
-        keys: list[int] = []
-        for index, data in enumerate(encoded):
-            state = 0
-            for byte in data:
-                state = int(nextmove[rowbase[state] + byte])
-                if output[state] >= 0:
-                    keys.append(index << _FEATURE_BITS | output[state])
-        return np.array(keys, dtype=np.int64)
+        return self._automaton.walk(encoded)
 
     def _probabilities(self, keys: npt.NDArray[np.int64], lengths: Sequence[int]) -> npt.NDArray[np.float32]:
         """py3langid's normalised scores: naive Bayes log-posteriors over log1p counts, scaled
@@ -104,8 +79,8 @@ class BatchIdentifier:
         scores = np.zeros((len(lengths), len(self._classes)), dtype=np.float32)
         if len(keys):
             distinct, counts = np.unique(keys, return_counts=True)  # sorted: text, then feature
-            texts = distinct >> _FEATURE_BITS
-            features = distinct & ((1 << _FEATURE_BITS) - 1)
+            texts = distinct >> TEXT_SHIFT
+            features = distinct & ((1 << TEXT_SHIFT) - 1)
             weights = np.log1p(counts.astype(np.float32))
             starts = np.flatnonzero(np.r_[True, texts[1:] != texts[:-1]])
             ends = np.r_[starts[1:], len(distinct)]

@@ -194,12 +194,13 @@ class Pipeline:
         languages_p, departments, angry = self._probabilities(texts)
         languages = self.language.identify_with(texts, languages_p)
         choices = self._model_choices(departments)
+        cues = self._cues.kinds_of_batch(texts)
         angry_column = angry[:, self.escalation_model.classes.index("true")].tolist()
         rules = self.rules.current()
         now = record_time(self._clock())
         return [
             self._decide(
-                message, ctx, text, language, choices[i], departments[i], angry_column[i], rules, now
+                message, ctx, text, language, choices[i], departments[i], angry_column[i], cues[i], rules, now
             )
             for i, (message, ctx, text, language) in enumerate(
                 zip(messages, context, texts, languages, strict=True)
@@ -215,6 +216,7 @@ class Pipeline:
         model_choice: _Candidate,
         probabilities: npt.NDArray[np.float32],
         angry: float,
+        cues: frozenset[str],
         rules: RuleSet,
         now: datetime,
     ) -> Decision:
@@ -240,7 +242,7 @@ class Pipeline:
             and now - context.last_routed_at <= UNRESOLVED_HORIZON
         )
         verdict = judge(
-            cues=self._cues.kinds(text),
+            cues=cues,
             model_probability=angry,
             repeat_unresolved=repeat,
             department=choice.department,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from router.escalation import CUES, CueMatcher
 from router.features import normalize
+from tests.router.native import in_c_and_python
+
+WALKS = in_c_and_python("ruled out in C", "pattern only")
 
 SAMPLE = {
     "supervisor": ("manager", "talk to your manager"),
@@ -43,3 +48,22 @@ def test_the_default_cues_are_matched_on_normalized_text() -> None:
     assert "supervisor" in cues.kinds(normalize("I want to speak to your SUPERVISOR!"))
     assert cues.kinds(normalize("Quiero hablar con el supervisor")) >= {"supervisor"}
     assert cues.kinds(normalize("ok thanks")) == frozenset()
+
+
+@pytest.mark.parametrize("native", WALKS)
+def test_a_batch_gets_the_kinds_each_text_gets_alone(native: bool) -> None:
+    cues = CueMatcher(CUES, native=native)
+    texts = [
+        normalize(text)
+        for text in (
+            "I want to speak to your SUPERVISOR!",
+            "ok thanks",
+            "this is a scam, cancel my account",
+            "मुझे आपके मैनेजर से बात करनी है, यह धोखा है",
+            "",
+            "scamp talked to the manager's assistant",
+            "let me talk to a human",
+        )
+    ]
+    assert cues.kinds_of_batch(texts) == [cues.kinds(text) for text in texts]
+    assert sum(1 for kinds in cues.kinds_of_batch(texts) if kinds) >= 3

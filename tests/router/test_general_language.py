@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -14,17 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.features import NATIVE_AVAILABLE, Featurizer, normalize
+from router.features import Featurizer, normalize
 from router.general_language import BatchIdentifier
 from router.language import GENERAL_SAMPLE, LanguageIdentifier
 from router.linear import LinearModel
 from router.training import packaged_model_path
+from tests.router.native import in_c_and_python, needs_native
 
 HELDOUT = Path(__file__).resolve().parents[2] / "router" / "corpus" / "split" / "heldout.jsonl"
-IN_CI = bool(os.environ.get("CI"))  # as the other service checks of the suite read it
-# In CI the extension must have been built: these tests then fail rather than skip.
-needs_native = pytest.mark.skipif(not NATIVE_AVAILABLE and not IN_CI, reason="router._ngrams is not built")
-WALKS = [pytest.param(True, id="walk in C", marks=needs_native), pytest.param(False, id="walk in Python")]
+WALKS = in_c_and_python("walk in C", "walk in Python")
 BEYOND_THE_SIX = [
     "Bonjour, je voudrais retourner ma commande, elle est arrivée cassée.",
     "Guten Tag, meine Bestellung ist noch nicht angekommen. Wo ist sie?",
@@ -65,13 +62,18 @@ def test_languages_beyond_the_six_come_back_right() -> None:
     assert [language for language, _ in answers] == ["fr", "de", "ru", "ar", "ja", "th", "pt"]
 
 
+@cache
+def identifier_walking(native: bool) -> BatchIdentifier:
+    return BatchIdentifier(py3langid(), native=native)
+
+
 @needs_native
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=60), max_size=6))
 def test_the_c_walk_reaches_the_features_the_python_walk_reaches(texts: list[str]) -> None:
-    identifier = BatchIdentifier(py3langid(), native=True)
     encoded = [py3langid()._encode(text) for text in texts]
-    assert identifier._features(encoded).tolist() == identifier._features_in_python(encoded).tolist()
+    in_c = identifier_walking(True)._features(encoded).tolist()
+    assert in_c == identifier_walking(False)._features(encoded).tolist()
 
 
 @needs_native

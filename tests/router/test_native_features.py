@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -22,14 +21,11 @@ from models import InboundMessage, Sender
 from models.config import RouterConfig
 from router.features import NATIVE_AVAILABLE, Features, FeatureSpec, Featurizer, model_input, normalize
 from router.pipeline import ConversationContext, Decision, Pipeline, build_decider
+from tests.router.native import needs_native
 
 ROUTER = Path(__file__).resolve().parents[2] / "router"
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
-IN_CI = bool(os.environ.get("CI"))  # as the other service checks of the suite read it
-
-# In CI the extension must have been built: these tests then run and fail rather than skip, so a
-# broken build cannot pass unnoticed on the numpy fallback.
-pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE and not IN_CI, reason="router._ngrams is not built")
+pytestmark = needs_native
 
 SPECS = [
     FeatureSpec(),
