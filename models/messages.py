@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -41,6 +41,7 @@ __all__ = [
 
 INBOUND_SCHEMA = "inbound/1"
 ROUTED_SCHEMA = "routed/1"
+_ZERO = timedelta(0)
 
 Priority = Literal["low", "normal", "high", "urgent"]
 
@@ -58,9 +59,16 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def record_time(moment: datetime) -> datetime:
-    """*moment* as records carry it: UTC, cut to milliseconds (so a JSON round trip is exact)."""
+    """*moment* as records carry it: UTC, cut to milliseconds (so a JSON round trip is exact).
+
+    A moment already at offset zero and in whole milliseconds (every record a writer of ours
+    made) is returned as it is, whatever its tzinfo object: ``astimezone`` costs ~2 µs with
+    the one pydantic parses ``Z`` into, a tenth of validating a whole record.
+    """
     if moment.tzinfo is None:
         raise ValueError("timestamp must carry a time zone (RFC 3339)")
+    if not moment.microsecond % 1000 and moment.utcoffset() == _ZERO:
+        return moment
     moment = moment.astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
 
