@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -40,7 +41,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -50,12 +51,11 @@ from prometheus_client import CollectorRegistry
 from bus.admin import ensure_topics, partitions_of
 from bus.options import client_options
 from bus.producer import COMPRESSION
-from bus.transactional import LoopTuning
 from models import InboundMessage, Routing, Sender
 from models.config import KafkaConfig, RouterConfig, Settings
 from models.ids import message_id
 from models.topics import Topics, TopicSpec
-from router.service import RouterService, RouterTuning, group_id
+from router.service import RouterService, group_id
 
 CORPUS = Path(__file__).resolve().parent.parent / "router" / "corpus"
 PARTITIONS = 6
@@ -248,7 +248,6 @@ def router_service(config: KafkaConfig, decider: Any) -> RouterService:
         registry=CollectorRegistry(),
         health=_Quiet(),
         logger=structlog.get_logger("bench-router"),
-        tuning=RouterTuning(loop=LoopTuning(max_records=int(os.environ.get("MAXREC", "500")))),
     )
 
 
@@ -264,26 +263,51 @@ def pipe_group(config: KafkaConfig) -> str:
     return f"{config.topic_prefix}.bare"
 
 
-async def drain_rate(config: KafkaConfig, group: str, topic: str, count: int) -> float:
-    """Messages per second at which *group* commits its way through *count* records of *topic*.
+class Drain(NamedTuple):
+    rate: float  # messages per second
+    cpu_us: float | None  # CPU time of the draining processes per message, µs (None: no /proc)
+    cores: float | None  # their CPU time per second of the window: 1.0 is one core busy
+
+
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU time of *pids* so far, from /proc (Linux); None elsewhere."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def drain_rate(config: KafkaConfig, group: str, topic: str, count: int, pids: Sequence[int]) -> Drain:
+    """How fast *group* commits its way through *count* records of *topic*, and at what CPU cost.
 
     Read from the group's committed offsets every 50 ms, over the last 90 % of the records: the
     first tenth covers joining, fencing and restoring, and with several routers the rebalances
-    while they all join.
+    while they all join. The CPU time of *pids* over the same window, per message, does not
+    depend on what else the machine is doing as much as the rate does.
     """
     admin = AIOKafkaAdminClient(**client_options(config))
     await admin.start()
     try:
-        start: tuple[float, int] | None = None
+        start: tuple[float, int, float | None] | None = None
         deadline = time.perf_counter() + 600
         while time.perf_counter() < deadline:
             offsets = await admin.list_consumer_group_offsets(group)
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), cpu_seconds(pids)
             done = sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
             if start is None and done >= count // 10:
-                start = (now, done)
+                start = (now, done, cpu)
             if start is not None and done >= count:
-                return (done - start[1]) / (now - start[0])
+                seconds, messages = now - start[0], done - start[1]
+                used = None if cpu is None or start[2] is None else cpu - start[2]
+                return Drain(
+                    messages / seconds,
+                    None if used is None else used / messages * 1e6,
+                    None if used is None else used / seconds,
+                )
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{group} did not drain {topic}")
     finally:
@@ -374,6 +398,10 @@ async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def percentile(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
@@ -396,8 +424,10 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
 @contextlib.asynccontextmanager
 async def children(
     role: str, config: KafkaConfig, args: argparse.Namespace, count: int = 1
-) -> AsyncIterator[None]:
-    """Run *count* pipe or router processes until the block ends; enter once each owns its share."""
+) -> AsyncIterator[list[int]]:
+    """Run *count* pipe or router processes until the block ends; enter once each owns its share.
+
+    Yields their process ids."""
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -411,7 +441,7 @@ async def children(
             "--modes",
             "eos" if config.delivery == "exactly_once" else "alo",
             "--bootstrap",
-            config.bootstrap,
+            config.bootstrap or "",
             "--decider",
             args.decider,
             stdout=asyncio.subprocess.PIPE,
@@ -424,7 +454,7 @@ async def children(
             line = await asyncio.wait_for(process.stdout.readline(), timeout=120)
             if line.strip() != b"ready":
                 raise RuntimeError(f"a {role} process did not get ready: {line!r}")
-        yield
+        yield [process.pid for process in processes]
     finally:
         for process in processes:
             if process.returncode is None:
@@ -495,15 +525,19 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
         config = await topics_for("t")
         inbound = Topics(config.topic_prefix).inbound
         await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
-        async with children("pipe", config, args):
-            results["pipe"] = await drain_rate(config, pipe_group(config), inbound, args.messages)
+        async with children("pipe", config, args) as pids:
+            drain = await drain_rate(config, pipe_group(config), inbound, args.messages, pids)
+            results.update(pipe=drain.rate, pipe_cpu_us=nan(drain.cpu_us), pipe_cores=nan(drain.cores))
         for count in args.routers:
             config = await topics_for("t")
             inbound = Topics(config.topic_prefix).inbound
             await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
-            async with children("router", config, args, count):
+            async with children("router", config, args, count) as pids:
                 group = group_id(Settings(kafka=config))
-                results[f"router{count}"] = await drain_rate(config, group, inbound, args.messages)
+                drain = await drain_rate(config, group, inbound, args.messages, pids)
+                results[f"router{count}"] = drain.rate
+                results[f"router{count}_cpu_us"] = nan(drain.cpu_us)
+                results[f"router{count}_cores"] = nan(drain.cores)
         # Latency is measured on a broker holding only its own topics, as it was measured alone.
         await delete_topics(bootstrap, f"bench{run}{mode}t")
     if args.only != "throughput":
@@ -528,13 +562,18 @@ def report(args: argparse.Namespace, label: str, results: dict[str, dict[str, fl
         f"{PARTITIONS} partitions, decider: {label}; latency at {args.rate} msg/s for {args.seconds:g} s"
     )
     if args.only != "latency":
-        routers = "".join(f" {f'{n} router(s)':>12} {'ratio':>6}" for n in args.routers)
-        print(f"{'mode':6} {'pipe msg/s':>11}{routers}")
+        routers = "".join(
+            f" {f'{n} router(s)':>12} {'ratio':>6} {'CPU µs':>7} {'cores':>5}" for n in args.routers
+        )
+        print(f"{'mode':6} {'pipe msg/s':>11} {'CPU µs':>7} {'cores':>5}{routers}")
         for mode, r in results.items():
             cells = "".join(
-                f" {r[f'router{n}']:12,.0f} {r[f'router{n}'] / r['pipe']:6.0%}" for n in args.routers
+                f" {r[f'router{n}']:12,.0f} {r[f'router{n}'] / r['pipe']:6.0%}"
+                f" {r[f'router{n}_cpu_us']:7.0f} {r[f'router{n}_cores']:5.2f}"
+                for n in args.routers
             )
-            print(f"{mode:6} {r['pipe']:11,.0f}{cells}")
+            print(f"{mode:6} {r['pipe']:11,.0f} {r['pipe_cpu_us']:7.0f} {r['pipe_cores']:5.2f}{cells}")
+        print("CPU µs: CPU time of the draining process(es) per message; cores: their CPU time per second")
     if args.only != "throughput":
         print(f"{'mode':6} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
         for mode, r in results.items():
