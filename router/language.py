@@ -71,6 +71,8 @@ def _column_table() -> npt.NDArray[np.int8]:
     table = np.full(0x10000, -1, dtype=np.int8)
     for first, last, script in _SCRIPTS:
         table[first : last + 1] = _COLUMNS.index(script)
+    if table[0xFFFF] != -1:
+        raise ValueError("U+FFFF must belong to no script: script_counts clips to it")
     return table
 
 
@@ -116,9 +118,10 @@ def script_counts(texts: Sequence[str]) -> npt.NDArray[np.int64]:
     counts = np.zeros((len(texts), len(_COLUMNS)), dtype=np.int64)
     if not texts:
         return counts
-    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
     document = np.repeat(np.arange(len(texts)), [len(t) for t in texts])
-    column = np.where(codes < 0x10000, _COLUMN_OF[np.minimum(codes, 0xFFFF)], -1)
+    # Code points past the BMP clip to U+FFFF, a noncharacter whose column is -1.
+    column = _COLUMN_OF.take(codes, mode="clip")
     lettered = column >= 0
     # bincount over (text, column) cells: np.add.at does the same a few times slower.
     cells = document[lettered] * len(_COLUMNS) + column[lettered]
