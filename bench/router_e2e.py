@@ -12,7 +12,9 @@ For each delivery mode (exactly once with transactions, at least once) it measur
   sharing the group (decode, decide, affinity, routed JSON, one transaction per
   batch). The rate is read from the group's committed offsets over the last 90 % of the
   records (the first tenth covers joining and rebalancing); the ratio is router / pipe (target
-  >= 60 % for one process against one);
+  >= 60 % for one process against one). Beside each rate: the CPU time the draining processes
+  spent per message over the same window and the cores they kept busy (from /proc; blank
+  elsewhere), steadier than the rate on a shared machine;
 - latency: records produced at a fixed *rate*, time from the producer's send to a
   ``read_committed`` reader receiving the output, p50/p99 for pipe and router, and the router's
   added latency (target p99 < 50 ms). Each starts once its consumer owns every partition (the
