@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from router.features import load_native
 
-__all__ = ["TEXT_SHIFT", "ByteAutomaton", "native_walker", "phrase_finder"]
+__all__ = ["TEXT_SHIFT", "ByteAutomaton", "phrase_finder"]
 
 TEXT_SHIFT = 32
 """A walk's keys are ``text << TEXT_SHIFT | output``."""
@@ -25,7 +25,7 @@ TEXT_SHIFT = 32
 _BYTES = 256
 
 
-def native_walker() -> Callable[..., bytes] | None:
+def _native_walker() -> Callable[..., bytes] | None:
     """``router._ngrams.walk`` where the module was built."""
     walk: Callable[..., bytes] | None = getattr(load_native(), "walk", None)
     return walk
@@ -46,7 +46,7 @@ class ByteAutomaton:
         self._nextmove = np.ascontiguousarray(nextmove, dtype=np.uint32)
         self._rowbase = np.ascontiguousarray(rowbase, dtype=np.uint32)
         self._output = np.ascontiguousarray(output, dtype=np.int32)
-        walk = native_walker() if native is not False else None
+        walk = _native_walker() if native is not False else None
         if native and walk is None:
             raise RuntimeError("router._ngrams is not built")
         self._walk_native = walk
@@ -85,6 +85,8 @@ def phrase_finder(phrases: Iterable[bytes], *, native: bool | None = None) -> By
     children: list[dict[int, int]] = [{}]
     ends = [False]
     for phrase in phrases:
+        if not phrase:
+            continue
         state = 0
         for byte in phrase:
             following = children[state].get(byte)
@@ -93,7 +95,7 @@ def phrase_finder(phrases: Iterable[bytes], *, native: bool | None = None) -> By
                 children.append({})
                 ends.append(False)
             state = following
-        ends[state] = bool(phrase)
+        ends[state] = True
     nextmove = np.zeros((len(children), _BYTES), dtype=np.uint32)
     output = np.where(ends, 0, -1).astype(np.int32)
     failure = [0] * len(children)

@@ -242,7 +242,8 @@ def _pattern(node: _Node) -> str:
 
 
 class CueMatcher:
-    """Finds cue kinds in normalized text with one regular-expression pass per message.
+    """Finds cue kinds in normalized text with one regular-expression pass per message that
+    holds any cue (see :meth:`kinds_of_batch`).
 
     The phrases are compiled as a trie (``(?:a(?:ngry|…)|b…)``): at each word start the engine
     follows the text's characters down one path instead of trying every phrase in turn, which was
