@@ -267,8 +267,8 @@ def pipe_group(config: KafkaConfig) -> str:
 
 class Drain(NamedTuple):
     rate: float  # messages per second
-    cpu_us: float | None  # CPU time of the draining processes per message, µs (None: no /proc)
-    cores: float | None  # their CPU time per second of the window: 1.0 is one core busy
+    cpu_us: float  # CPU time of the draining processes per message, µs (NaN: no /proc)
+    cores: float  # their CPU time per second of the window: 1.0 is one core busy (NaN: no /proc)
 
 
 def cpu_seconds(pids: Sequence[int]) -> float | None:
@@ -304,12 +304,8 @@ async def drain_rate(config: KafkaConfig, group: str, topic: str, count: int, pi
                 start = (now, done, cpu)
             if start is not None and done >= count:
                 seconds, messages = now - start[0], done - start[1]
-                used = None if cpu is None or start[2] is None else cpu - start[2]
-                return Drain(
-                    messages / seconds,
-                    None if used is None else used / messages * 1e6,
-                    None if used is None else used / seconds,
-                )
+                used = math.nan if cpu is None or start[2] is None else cpu - start[2]
+                return Drain(messages / seconds, used / messages * 1e6, used / seconds)
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{group} did not drain {topic}")
     finally:
@@ -398,10 +394,6 @@ async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         if time.perf_counter() > deadline:
             raise TimeoutError("the consumer did not get its partitions")
         await asyncio.sleep(0.05)
-
-
-def nan(value: float | None) -> float:
-    return math.nan if value is None else value
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -529,7 +521,7 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
         await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
         async with children("pipe", config, args) as pids:
             drain = await drain_rate(config, pipe_group(config), inbound, args.messages, pids)
-            results.update(pipe=drain.rate, pipe_cpu_us=nan(drain.cpu_us), pipe_cores=nan(drain.cores))
+            results.update(pipe=drain.rate, pipe_cpu_us=drain.cpu_us, pipe_cores=drain.cores)
         for count in args.routers:
             config = await topics_for("t")
             inbound = Topics(config.topic_prefix).inbound
@@ -538,8 +530,8 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
                 group = group_id(Settings(kafka=config))
                 drain = await drain_rate(config, group, inbound, args.messages, pids)
                 results[f"router{count}"] = drain.rate
-                results[f"router{count}_cpu_us"] = nan(drain.cpu_us)
-                results[f"router{count}_cores"] = nan(drain.cores)
+                results[f"router{count}_cpu_us"] = drain.cpu_us
+                results[f"router{count}_cores"] = drain.cores
         # Latency is measured on a broker holding only its own topics, as it was measured alone.
         await delete_topics(bootstrap, f"bench{run}{mode}t")
     if args.only != "throughput":
