@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from router.normal_forms import already_normalized
+
 __all__ = [
     "MAX_MODEL_CHARS",
     "NATIVE_AVAILABLE",
@@ -95,7 +97,21 @@ def normalize(text: str) -> str:
     share their n-grams); whitespace runs become one space.
     """
     # ASCII is its own NFKC form; isascii() reads a flag CPython keeps on every str.
-    folded = (text if text.isascii() else unicodedata.normalize("NFKC", text)).casefold()
+    return _fold(text if text.isascii() else unicodedata.normalize("NFKC", text))
+
+
+def normalize_all(texts: Sequence[str]) -> list[str]:
+    """:func:`normalize` of each text; which texts are NFKC already is found for the whole batch
+    (see :mod:`router.normal_forms`), so most Indic texts are not normalized again."""
+    plain = already_normalized(texts, "NFKC")
+    return [
+        _fold(text if ok else unicodedata.normalize("NFKC", text))
+        for text, ok in zip(texts, plain, strict=True)
+    ]
+
+
+def _fold(text: str) -> str:
+    folded = text.casefold()
     # surrogatepass: a lone surrogate passes through as it did before, never raises.
     folded = folded.encode("utf-8", "surrogatepass").translate(_ASCII_FOLD).decode("utf-8", "surrogatepass")
     if not folded.isascii():
@@ -318,7 +334,7 @@ class Featurizer:
 
     def transform(self, texts: Sequence[str]) -> Features:
         """Features of combined model inputs (see :func:`model_input`)."""
-        return self.transform_normalized([normalize(t) for t in texts])
+        return self.transform_normalized(normalize_all(texts))
 
     def transform_normalized(self, texts: Sequence[str]) -> Features:
         """Features of texts that already went through :func:`normalize`."""

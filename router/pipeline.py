@@ -24,7 +24,7 @@ from models import InboundMessage, Routing
 from models.config import RouterConfig
 from models.messages import Priority, record_time
 from router.escalation import CueMatcher, judge
-from router.features import SMALL_BATCH, FeatureSpec, Featurizer, model_input, normalize
+from router.features import SMALL_BATCH, FeatureSpec, Featurizer, model_input, normalize_all
 from router.language import SURE, LanguageGuess, LanguageIdentifier, general_identifier
 from router.linear import LinearModel, ModelFileError, softmax
 
@@ -174,14 +174,14 @@ class Pipeline:
         return outputs
 
     def warm_up(self) -> None:
-        """Load what the first batch would otherwise load lazily (py3langid's model; scipy too
-        where featurizing runs in numpy).
+        """Load what the first batch would otherwise load lazily (py3langid's model, the normal
+        form tables; scipy too where featurizing runs in numpy).
 
         A long-running router calls it before joining its group, so the first batch is not a
         second late; one-off commands (``classify``) skip it and start fast.
         """
         self.language.warm_up()
-        self._probabilities(["warm up"] * (SMALL_BATCH + 1))
+        self._probabilities(normalize_all(["warm up", "வணக்கம்"] * (SMALL_BATCH // 2 + 1)))
 
     def decide_batch(
         self, messages: Sequence[InboundMessage], context: Sequence[ConversationContext]
@@ -190,7 +190,7 @@ class Pipeline:
             raise ValueError("one conversation context per message is required")
         if not messages:
             return []
-        texts = [normalize(model_input(m.subject or "", m.text)) for m in messages]
+        texts = normalize_all([model_input(m.subject or "", m.text) for m in messages])
         languages_p, departments, angry = self._probabilities(texts)
         languages = self.language.identify_with(texts, languages_p)
         choices = self._model_choices(departments)

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.features import MAX_MODEL_CHARS, FeatureSpec, Featurizer, model_input, normalize
+from router.features import MAX_MODEL_CHARS, FeatureSpec, Featurizer, model_input, normalize, normalize_all
 
 CORPUS = Path(__file__).resolve().parents[2] / "router" / "corpus"
 
@@ -132,3 +132,13 @@ def test_models_read_a_bounded_opening_of_long_messages() -> None:
     long_text = "refund please " * 2000
     assert len(model_input("Subject", long_text)) == MAX_MODEL_CHARS
     assert model_input("Subject", long_text).startswith("Subject\nrefund please")
+
+
+def test_a_batch_is_normalized_as_each_text_alone() -> None:
+    texts = [
+        model_input(row.get("subject") or "", row["text"])
+        for path in sorted(CORPUS.glob("*.jsonl"))
+        for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+    ]
+    texts += ["ｆｕｌｌ ｗｉｄｔｈ", "\u09c7\u09be", "a\u0301", "\ud800 lone", ""]
+    assert normalize_all(texts) == [normalize(t) for t in texts]
