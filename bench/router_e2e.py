@@ -1,6 +1,6 @@
 """The routing service end to end against a bare aiokafka consume→produce pipe, side by side.
 
-    python bench/router_e2e.py [--bootstrap 127.0.0.1:9092] [--messages 20000] [--full]
+    python bench/router_e2e.py [--bootstrap 127.0.0.1:9092] [--messages 20000] [--rounds 1] [--full]
                                [--decider auto|real|standin] [--modes eos,alo] [--routers 1,2]
                                [--rate 1000] [--seconds 10] [--warmup 3] [--only throughput|latency]
 
@@ -14,7 +14,9 @@ For each delivery mode (exactly once with transactions, at least once) it measur
   records (the first tenth covers joining and rebalancing); the ratio is router / pipe (target
   >= 60 % for one process against one). Beside each rate: the CPU time the draining processes
   spent per message over the same window and the cores they kept busy (from /proc; blank
-  elsewhere), steadier than the rate on a shared machine;
+  elsewhere), steadier than the rate on a shared machine. With ``--rounds N`` the pipe and
+  the routers take turns N times, on fresh topics each round: a row per round, then the best
+  pipe beside the best routers and the median of the rounds' ratios;
 - latency: records produced at a fixed *rate*, time from the producer's send to a
   ``read_committed`` reader receiving the output, p50/p99 for pipe and router, and the router's
   added latency (target p99 < 50 ms). Each starts once its consumer owns every partition (the
@@ -489,7 +491,12 @@ async def serve(args: argparse.Namespace) -> None:
         await service.stop()
 
 
-async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace) -> dict[str, float]:
+class ModeResult(NamedTuple):
+    rounds: list[dict[str, float]]  # throughput: one per round, pipe and routers side by side
+    latency: dict[str, float]
+
+
+async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace) -> ModeResult:
     run = uuid.uuid4().hex[:6]
     try:
         return await measure_mode(bootstrap, mode, run, args)
@@ -497,7 +504,7 @@ async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace) -> dict[
         await delete_topics(bootstrap, f"bench{run}{mode}")
 
 
-async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Namespace) -> dict[str, float]:
+async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Namespace) -> ModeResult:
     delivery = "exactly_once" if mode == "eos" else "at_least_once"
     corpus = texts()
     departments = Settings().router.departments
@@ -514,26 +521,27 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
         await ensure_topics(config, [TopicSpec(f"{config.topic_prefix}.bare")])
         return config
 
-    results: dict[str, float] = {}
-    if args.only != "latency":
+    async def drained(role: str, count: int) -> Drain:
         config = await topics_for("t")
         inbound = Topics(config.topic_prefix).inbound
         await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
-        async with children("pipe", config, args) as pids:
-            drain = await drain_rate(config, pipe_group(config), inbound, args.messages, pids)
-            results.update(pipe=drain.rate, pipe_cpu_us=drain.cpu_us, pipe_cores=drain.cores)
+        async with children(role, config, args, count) as pids:
+            group = pipe_group(config) if role == "pipe" else group_id(Settings(kafka=config))
+            return await drain_rate(config, group, inbound, args.messages, pids)
+
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds if args.only != "latency" else 0):
+        drain = await drained("pipe", 1)
+        results = {"pipe": drain.rate, "pipe_cpu_us": drain.cpu_us, "pipe_cores": drain.cores}
         for count in args.routers:
-            config = await topics_for("t")
-            inbound = Topics(config.topic_prefix).inbound
-            await fill(config, inbound, [inbound_record(n, corpus, run) for n in range(args.messages)])
-            async with children("router", config, args, count) as pids:
-                group = group_id(Settings(kafka=config))
-                drain = await drain_rate(config, group, inbound, args.messages, pids)
-                results[f"router{count}"] = drain.rate
-                results[f"router{count}_cpu_us"] = drain.cpu_us
-                results[f"router{count}_cores"] = drain.cores
-        # Latency is measured on a broker holding only its own topics, as it was measured alone.
+            drain = await drained("router", count)
+            results[f"router{count}"] = drain.rate
+            results[f"router{count}_cpu_us"] = drain.cpu_us
+            results[f"router{count}_cores"] = drain.cores
+        rounds.append(results)
+        # Each round, and latency after them, on a broker holding only its own topics.
         await delete_topics(bootstrap, f"bench{run}{mode}t")
+    latency: dict[str, float] = {}
     if args.only != "throughput":
         config = await topics_for("l")
         async with children("pipe", config, args):
@@ -545,12 +553,21 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
             sinks = [names.department(d) for d in departments] + [names.triage]
             routed = await paced_latency(config, sinks, args.rate, args.seconds, corpus, args.warmup)
         for name, values in (("pipe", bare), ("router", routed)):
-            results[f"{name}_p50"] = percentile(values, 50)
-            results[f"{name}_p99"] = percentile(values, 99)
-    return results
+            latency[f"{name}_p50"] = percentile(values, 50)
+            latency[f"{name}_p99"] = percentile(values, 99)
+    return ModeResult(rounds, latency)
 
 
-def report(args: argparse.Namespace, label: str, results: dict[str, dict[str, float]]) -> None:
+def best_round(rounds: Sequence[dict[str, float]], routers: Sequence[int]) -> dict[str, float]:
+    """The fastest pipe and the fastest routers of all rounds, each with its own CPU columns."""
+    best = dict(max(rounds, key=lambda r: r["pipe"]))
+    for n in routers:
+        fastest = max(rounds, key=lambda r: r[f"router{n}"])
+        best.update({key: value for key, value in fastest.items() if key.startswith(f"router{n}")})
+    return best
+
+
+def report(args: argparse.Namespace, label: str, results: dict[str, ModeResult]) -> None:
     print(
         f"\nrouter end to end on {args.bootstrap}: {args.messages} messages (~1 KB JSON), "
         f"{PARTITIONS} partitions, decider: {label}; latency at {args.rate} msg/s for {args.seconds:g} s"
@@ -559,18 +576,32 @@ def report(args: argparse.Namespace, label: str, results: dict[str, dict[str, fl
         routers = "".join(
             f" {f'{n} router(s)':>12} {'ratio':>6} {'CPU µs':>7} {'cores':>5}" for n in args.routers
         )
-        print(f"{'mode':6} {'pipe msg/s':>11} {'CPU µs':>7} {'cores':>5}{routers}")
-        for mode, r in results.items():
-            cells = "".join(
-                f" {r[f'router{n}']:12,.0f} {r[f'router{n}'] / r['pipe']:6.0%}"
-                f" {r[f'router{n}_cpu_us']:7.0f} {r[f'router{n}_cores']:5.2f}"
-                for n in args.routers
+        print(f"{'mode':10} {'pipe msg/s':>11} {'CPU µs':>7} {'cores':>5}{routers}")
+        for mode, result in results.items():
+            rows = [(f"{mode} #{i}", r) for i, r in enumerate(result.rounds, 1)] if args.rounds > 1 else []
+            rows.append(
+                (f"{mode} best" if args.rounds > 1 else mode, best_round(result.rounds, args.routers))
             )
-            print(f"{mode:6} {r['pipe']:11,.0f} {r['pipe_cpu_us']:7.0f} {r['pipe_cores']:5.2f}{cells}")
+            for name, r in rows:
+                cells = "".join(
+                    f" {r[f'router{n}']:12,.0f} {r[f'router{n}'] / r['pipe']:6.0%}"
+                    f" {r[f'router{n}_cpu_us']:7.0f} {r[f'router{n}_cores']:5.2f}"
+                    for n in args.routers
+                )
+                print(f"{name:10} {r['pipe']:11,.0f} {r['pipe_cpu_us']:7.0f} {r['pipe_cores']:5.2f}{cells}")
+            if args.rounds > 1:
+                medians = "  ".join(
+                    f"{n} router(s) {statistics.median(r[f'router{n}'] / r['pipe'] for r in result.rounds):.0%}"
+                    for n in args.routers
+                )
+                print(f"{mode} median of the rounds' ratios: {medians}")
         print("CPU µs: CPU time of the draining process(es) per message; cores: their CPU time per second")
+        if args.rounds > 1:
+            print("best: the fastest pipe and the fastest router(s) of the rounds, and their ratio")
     if args.only != "throughput":
         print(f"{'mode':6} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
-        for mode, r in results.items():
+        for mode, result in results.items():
+            r = result.latency
             print(
                 f"{mode:6} {r['pipe_p50']:7.1f}/{r['pipe_p99']:<8.1f} {r['router_p50']:9.1f}/{r['router_p99']:<8.1f} "
                 f"{r['router_p50'] - r['pipe_p50']:8.1f}/{r['router_p99'] - r['pipe_p99']:<8.1f}"
@@ -583,6 +614,12 @@ async def main() -> None:
     )
     parser.add_argument("--bootstrap", default=os.environ.get("SWITCHBOARD_TEST_KAFKA", "127.0.0.1:9092"))
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="throughput rounds, pipe and routers alternating; best is reported",
+    )
     parser.add_argument("--routers", default="1,2", help="router process counts for throughput, e.g. 1,2")
     parser.add_argument("--rate", type=int, default=1_000, help="messages/s for the latency run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
