@@ -152,6 +152,19 @@ def _decode(record: Record) -> InboundMessage | _Failure:
 
 _INBOUND_PREFIX = b'{"schema":"inbound/1",'
 _ROUTED_PREFIX = b'{"schema":"routed/1",'
+# Byte strings that make a record's own JSON unfit to carry on: a second "schema" or a
+# "routing" key of the writer's (a duplicate key's meaning depends on the reader), and the
+# escape of NUL, which cleaning removes (the JSON parser refuses lone surrogates outright).
+# A match inside a text only costs a re-serialization.
+_UNFIT = (b'"schema"', b'"routing"', b"\\u0000")
+
+
+def _reusable(original: bytes | None) -> bool:
+    """Whether *original* is inbound JSON as Switchboard writes it, so it can be carried on."""
+    if original is None or not original.startswith(_INBOUND_PREFIX) or not original.endswith(b"}"):
+        return False
+    start = len(_INBOUND_PREFIX)
+    return all(original.find(unfit, start) < 0 for unfit in _UNFIT)
 
 
 def _routed_json(message: InboundMessage, routing: Routing, original: bytes | None = None) -> bytes:
@@ -161,11 +174,11 @@ def _routed_json(message: InboundMessage, routing: Routing, original: bytes | No
     so its JSON is the inbound JSON with the schema swapped and ``routing`` appended; a test
     pins that this equals ``RoutedMessage.from_inbound(...).to_json_bytes()``. When the input
     record's own bytes are that JSON (records written by Switchboard's connectors are), they are
-    reused instead of serializing the message again: that is a fifth of the router's work.
+    reused instead of serializing the message again, ~10 µs a message. Bytes of other writers
+    are reused too when nothing in them is ambiguous (see ``_UNFIT``); fields this version does
+    not know are then carried on, as readers ignore them.
     """
-    inbound = original if original is not None and original.startswith(_INBOUND_PREFIX) else None
-    if inbound is None or not inbound.endswith(b"}"):
-        inbound = message.to_json_bytes()
+    inbound = original if original is not None and _reusable(original) else message.to_json_bytes()
     assert inbound.startswith(_INBOUND_PREFIX)
     return b"".join(
         (
