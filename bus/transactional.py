@@ -22,6 +22,10 @@
   outputs are produced and acknowledged (acks=all) before the offsets are committed. A crash in
   between repeats records, never loses them.
 
+Batches: one is committing at most; the next gathers whatever arrives meanwhile (up to
+``max_records``) and goes out as soon as the first has landed. Under load, processing overlaps
+committing; at a low rate, a record waits for the commit in progress and its own.
+
 Rebalances: a revoked partition's batch in hand is committed before the revoke callback returns
 (with the generation it was fetched in, still current then). A partition is handed to the
 processor only after :meth:`Processor.assigned` has run for it (state restore) and the consumer
@@ -127,6 +131,8 @@ class LoopTuning:
     transaction_timeout_ms: int = 10_000
     commit_timeout_s: float = 8.0
     retry_backoff_s: float = 1.0
+    # While a batch commits, the loop looks this often for records to add to the next one.
+    commit_poll_ms: int = 5
 
 
 async def resolve_exactly_once(config: KafkaConfig, logger: Logger) -> bool:
@@ -151,6 +157,7 @@ async def resolve_exactly_once(config: KafkaConfig, logger: Logger) -> bool:
 class _PartitionWork:
     outputs: list[Output]
     next_offset: int
+    records: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +396,9 @@ class TransactionalLoop:
         # Pending partitions last seen held by an open transaction (to log changes only).
         self._unstable: frozenset[TopicPartition] = frozenset()
         self._flight: _Flight | None = None
+        # The next batch: processed, waiting for the one in flight to land (see _step).
+        self._open: dict[TopicPartition, _PartitionWork] = {}
+        self._open_started = 0.0
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -447,7 +457,7 @@ class TransactionalLoop:
         # The lock and the landing let the batches in hand commit before the partitions move.
         async with self._lock:
             if self._consumer is not None:
-                await self._land(self._consumer)
+                await self._flush(self._consumer)
             self._retained |= self._ready
             self._ready.clear()
             self._pending.clear()
@@ -478,6 +488,7 @@ class TransactionalLoop:
     def _forget(self, partitions: Collection[TopicPartition]) -> None:
         for tp in partitions:
             self._next.pop(tp, None)
+            self._open.pop(tp, None)
         self._processor.released(partitions)
 
     async def _open_pending(self, consumer: AIOKafkaConsumer) -> None:
@@ -539,6 +550,8 @@ class TransactionalLoop:
             return
         self._ready.difference_update(partitions)
         self._pending.update(partitions)
+        for tp in partitions:
+            self._open.pop(tp, None)  # processed from a position that is no longer ours
         consumer.pause(*partitions)
         self._processor.released(partitions)
 
@@ -547,8 +560,10 @@ class TransactionalLoop:
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         try:
             while not self._stopping.is_set():
+                # While a batch commits the next one gathers, so the fetches are short then.
                 batches = await consumer.getmany(
-                    timeout_ms=self._tuning.fetch_timeout_ms, max_records=self._tuning.max_records
+                    timeout_ms=self._tuning.commit_poll_ms if self._open else self._tuning.fetch_timeout_ms,
+                    max_records=self._tuning.max_records - self._open_records(),
                 )
                 async with self._lock:
                     failure = await self._step(consumer, batches)
@@ -556,7 +571,7 @@ class TransactionalLoop:
                 if failure is not None:
                     await self._pause(self._tuning.retry_backoff_s)
             async with self._lock:
-                await self._land(consumer)  # the last batch in flight
+                await self._flush(consumer)  # the batches in hand
         except Exception as error:
             self._report(f"loop crashed: {error!r}")
             raise
@@ -566,10 +581,13 @@ class TransactionalLoop:
     async def _step(
         self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[Record]]
     ) -> str | None:
-        """Process a batch while the previous one commits, then send it off. Returns a failure.
+        """Process fetched records into the next batch; send it off once the one in flight lands.
 
-        One batch is in flight at most: its commit overlaps the processing of the next, and it
-        lands (offsets advance, failed partitions are re-initialized) before the next is sent.
+        One batch is in flight at most. While it commits, the next one grows by whatever
+        arrives (up to ``max_records``), and goes out as soon as the first has landed (offsets
+        advanced, failed partitions re-initialized): under load processing overlaps committing,
+        and at a low rate a record waits for the commit in progress and its own, not for a
+        third. Returns a failure.
         """
         failure = None
         if self._pending:
@@ -580,21 +598,23 @@ class TransactionalLoop:
                 self._log.warning("partition initialization failed; retrying", error=repr(error))
                 return f"cannot initialize partitions: {error!r}"
         records = self._accepted(batches)
-        if not records:
-            return await self._land(consumer) or failure
-        started = time.perf_counter()
-        try:
-            outputs = await self._processor.process(records)
-        except Exception as error:  # a processor bug: redo the batch later rather than die
-            await self._land(consumer)
-            self._log.error("batch processing failed; retrying", exc_info=error)
-            self._reinitialize(consumer, {TopicPartition(r.topic, r.partition) for r in records})
-            return f"batch processing failed: {error!r}"
+        if records:
+            if not self._open:
+                self._open_started = time.perf_counter()
+            try:
+                outputs = await self._processor.process(records)
+            except Exception as error:  # a processor bug: redo the batch later rather than die
+                await self._land(consumer)
+                self._log.error("batch processing failed; retrying", exc_info=error)
+                self._reinitialize(consumer, {TopicPartition(r.topic, r.partition) for r in records})
+                self._send_open(consumer)
+                return f"batch processing failed: {error!r}"
+            self._gather(records, outputs)
+        flight = self._flight
+        if flight is not None and not flight.task.done() and self._open_records() < self._tuning.max_records:
+            return failure
         failure = await self._land(consumer) or failure
-        work = self._work(records, outputs)  # without partitions the landing re-initialized
-        if work:
-            task = asyncio.create_task(self._delivery.deliver(consumer, work))
-            self._flight = _Flight(task, work, started)
+        self._send_open(consumer)
         return failure
 
     def _accepted(self, batches: Mapping[TopicPartition, list[Record]]) -> list[Record]:
@@ -607,24 +627,39 @@ class TransactionalLoop:
             records.extend(r for r in batch if r.offset >= start)
         return records
 
-    def _work(
-        self, records: Sequence[Record], outputs: Sequence[Output]
-    ) -> dict[TopicPartition, _PartitionWork]:
-        """Outputs and next offset per input partition, for the partitions still ready."""
-        work: dict[TopicPartition, _PartitionWork] = {}
+    def _gather(self, records: Sequence[Record], outputs: Sequence[Output]) -> None:
+        """Add *records* and their *outputs* to the next batch, per input partition."""
+        work = self._open
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            if tp in self._ready:
-                entry = work.get(tp)
-                if entry is None:
-                    work[tp] = _PartitionWork([], record.offset + 1)
-                else:
-                    entry.next_offset = record.offset + 1
+            entry = work.get(tp)
+            if entry is None:
+                work[tp] = _PartitionWork([], record.offset + 1, 1)
+            else:
+                entry.next_offset = record.offset + 1
+                entry.records += 1
         for output in outputs:
             entry = work.get(output.source)
             if entry is not None:
                 entry.outputs.append(output)
-        return work
+
+    def _open_records(self) -> int:
+        return sum(work.records for work in self._open.values())
+
+    def _send_open(self, consumer: AIOKafkaConsumer) -> None:
+        """Start committing the next batch, without the partitions no longer ready."""
+        assert self._flight is None, "one batch in flight at most"
+        open_, self._open = self._open, {}
+        work = {tp: entry for tp, entry in open_.items() if tp in self._ready}
+        if work:
+            task = asyncio.create_task(self._delivery.deliver(consumer, work))
+            self._flight = _Flight(task, work, self._open_started)
+
+    async def _flush(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the batch in flight and then the next one (on stop and before a revoke)."""
+        await self._land(consumer)
+        self._send_open(consumer)
+        await self._land(consumer)
 
     async def _land(self, consumer: AIOKafkaConsumer) -> str | None:
         """Wait for the batch in flight; advance committed partitions, re-initialize failed ones."""

@@ -146,3 +146,93 @@ async def test_a_commit_the_group_refuses_starts_the_batch_over_and_nothing_is_l
     values, copier = await _copy_with_an_intervention(kafka_config, make_the_next_commit_stale)
     assert sorted(values) == EVERY_RECORD
     assert_one_whole_batch_started_over(copier)
+
+
+class HeldDelivery:
+    """Wraps the loop's delivery: holds the first batch until released; notes each batch's records."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.batches: list[list[bytes]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def deliver(self, consumer: AIOKafkaConsumer, work: dict[TopicPartition, object]) -> object:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])  # type: ignore[attr-defined]
+        if len(self.batches) == 1:
+            self.holding.set()
+            await self.release.wait()
+        return await self.inner.deliver(consumer, work)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+async def test_records_arriving_while_a_batch_commits_all_go_out_in_the_next_batch(
+    kafka_config: KafkaConfig, exactly_once: bool
+) -> None:
+    # A record must wait for the commit in progress and its own, not also for a batch fetched
+    # in between: that wait was most of the router's added latency at a low rate.
+    source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
+    await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
+    loop = TransactionalLoop(
+        kafka_config,
+        topic=source,
+        group_id=f"{kafka_config.topic_prefix}-copier",
+        processor=Copier(sink),
+        exactly_once=exactly_once,
+        logger=structlog.get_logger("test"),
+        tuning=TUNING,
+    )
+    held = HeldDelivery(loop._delivery)
+    loop._delivery = held  # type: ignore[assignment]
+    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
+    await producer.start()
+    await loop.start()
+    try:
+        await producer.send_and_wait(source, b"first", partition=0)
+        await asyncio.wait_for(held.holding.wait(), timeout=30)
+        for n in range(3):  # one at a time: each is fetched on its own while the first commits
+            await producer.send_and_wait(source, f"later-{n}".encode(), partition=n % 3)
+            await asyncio.sleep(0.3)
+        held.release.set()
+        records = await read_topic(kafka_config, sink, 4, timeout=30)
+    finally:
+        await loop.stop()
+        await producer.stop()
+    assert held.batches == [[b"first"], [b"later-0", b"later-1", b"later-2"]]
+    assert sorted(r.value for r in records) == [b"first", b"later-0", b"later-1", b"later-2"]  # type: ignore[attr-defined]
+
+
+async def test_the_next_batch_stops_growing_at_max_records(kafka_config: KafkaConfig) -> None:
+    source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
+    await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
+    loop = TransactionalLoop(
+        kafka_config,
+        topic=source,
+        group_id=f"{kafka_config.topic_prefix}-copier",
+        processor=Copier(sink),
+        exactly_once=False,
+        logger=structlog.get_logger("test"),
+        tuning=replace(TUNING, max_records=4),
+    )
+    held = HeldDelivery(loop._delivery)
+    loop._delivery = held  # type: ignore[assignment]
+    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
+    await producer.start()
+    await loop.start()
+    try:
+        await producer.send_and_wait(source, b"first", partition=0)
+        await asyncio.wait_for(held.holding.wait(), timeout=30)
+        for n in range(10):
+            await producer.send(source, f"later-{n}".encode(), partition=0)
+        await producer.flush()
+        await asyncio.sleep(1.0)  # time to fetch all ten, were the batch not full at four
+        held.release.set()
+        records = await read_topic(kafka_config, sink, 11, timeout=30)
+    finally:
+        await loop.stop()
+        await producer.stop()
+    assert [len(batch) for batch in held.batches] == [1, 4, 4, 2]
+    assert len(records) == 11
