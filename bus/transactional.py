@@ -131,7 +131,7 @@ class LoopTuning:
     transaction_timeout_ms: int = 10_000
     commit_timeout_s: float = 8.0
     retry_backoff_s: float = 1.0
-    # While a batch commits, the loop looks this often for records to add to the next one.
+    # While a batch commits and the next one waits, new records are taken in this often.
     commit_poll_ms: int = 5
 
 
@@ -560,11 +560,7 @@ class TransactionalLoop:
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         try:
             while not self._stopping.is_set():
-                # While a batch commits the next one gathers, so the fetches are short then.
-                batches = await consumer.getmany(
-                    timeout_ms=self._tuning.commit_poll_ms if self._open else self._tuning.fetch_timeout_ms,
-                    max_records=self._tuning.max_records - self._open_records(),
-                )
+                batches = await self._fetch(consumer)
                 async with self._lock:
                     failure = await self._step(consumer, batches)
                 self._report(failure)
@@ -577,6 +573,20 @@ class TransactionalLoop:
             raise
         finally:
             await self._shutdown(consumer)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
+        """The next records: as soon as any arrive or, while a batch commits and the next one
+        waits, as soon as the commit ends (what arrived meanwhile is taken along)."""
+        room = self._tuning.max_records - self._open_records()
+        flight = self._flight
+        timeout_ms = self._tuning.fetch_timeout_ms
+        if self._open and flight is not None:
+            await asyncio.wait({flight.task}, timeout=self._tuning.commit_poll_ms / 1000)
+            timeout_ms = 0
+        batches: dict[TopicPartition, list[Record]] = await consumer.getmany(
+            timeout_ms=timeout_ms, max_records=room
+        )
+        return batches
 
     async def _step(
         self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[Record]]
