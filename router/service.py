@@ -152,19 +152,24 @@ def _decode(record: Record) -> InboundMessage | _Failure:
 
 _INBOUND_PREFIX = b'{"schema":"inbound/1",'
 _ROUTED_PREFIX = b'{"schema":"routed/1",'
-# Byte strings that make a record's own JSON unfit to carry on: a second "schema" or a
-# "routing" key of the writer's (a duplicate key's meaning depends on the reader), and the
-# escape of NUL, which cleaning removes (the JSON parser refuses lone surrogates outright).
-# A match inside a text only costs a re-serialization.
-_UNFIT = (b'"schema"', b'"routing"', b"\\u0000")
 
 
 def _reusable(original: bytes | None) -> bool:
-    """Whether *original* is inbound JSON as Switchboard writes it, so it can be carried on."""
+    """Whether *original* is inbound JSON as Switchboard writes it, so it can be carried on.
+
+    Not when it holds a second "schema" or a "routing" key of the writer's (what a duplicate
+    key means depends on the reader) or the escape of NUL, which cleaning removes (the JSON
+    parser refuses lone surrogates outright). A match inside a text only costs serializing the
+    message again. Three searches, ~1 µs each on the bench's records: a third of serializing.
+    """
     if original is None or not original.startswith(_INBOUND_PREFIX) or not original.endswith(b"}"):
         return False
     start = len(_INBOUND_PREFIX)
-    return all(original.find(unfit, start) < 0 for unfit in _UNFIT)
+    return (
+        original.find(b'"schema"', start) < 0
+        and original.find(b'"routing"', start) < 0
+        and original.find(b"\\u0000", start) < 0
+    )
 
 
 def _routed_json(message: InboundMessage, routing: Routing, original: bytes | None = None) -> bytes:
