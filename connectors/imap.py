@@ -458,6 +458,7 @@ class _Mailbox:
             uidnext = info.get(b"UIDNEXT")
             if uidnext is None:  # optional in the SELECT answer: derive it from the newest UID
                 uidnext = self._highest_uid() + 1
+            self._announced_mail()  # the SELECT answer's own count, not an arrival
             idle = self._config.idle and self._client.has_capability("IDLE")
             self.uid_expunge = bool(self._client.has_capability("UIDPLUS"))
             if self._client.has_capability("MOVE"):
@@ -545,10 +546,23 @@ class _Mailbox:
         with self._lock:
             self._client.noop()
 
-    def idle_start(self) -> None:
+    def idle_start(self) -> bool:
+        """Enter IDLE; ``False`` (not idling) when the folder has new mail already."""
         with self._lock:
+            if self._announced_mail():
+                return False
             self._client.idle()
             self._idling = True
+            return True
+
+    def _announced_mail(self) -> bool:
+        """Whether an answer since the last call announced messages (EXISTS); forgets it.
+
+        A server announces a new message once per session, with the answer to whatever command
+        is running when it arrives: mail delivered during a catch-up's SEARCH or FETCH is not
+        announced again when IDLE starts. imaplib keeps untagged answers no command consumed.
+        """
+        return self._client._imap.untagged_responses.pop("EXISTS", None) is not None
 
     def idle_wait(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds in IDLE; ``True`` when the folder may have new mail.
@@ -1160,7 +1174,8 @@ class ImapConnector:
             if not self._stopping.is_set():
                 await self._call(mailbox.noop)  # also proves the connection still works
             return
-        await self._call(mailbox.idle_start)
+        if not await self._call(mailbox.idle_start):
+            return
         loop = asyncio.get_running_loop()
         # Re-issued at least twice per staleness period: each renewal (DONE, a SEARCH, IDLE)
         # proves the session alive, so a live IDLE session never looks stale.

@@ -35,6 +35,7 @@ from connectors.imap import (
     ImapConfig,
     ImapConnector,
     ImapUnavailable,
+    _Mailbox,
     check,
 )
 from connectors.metrics import ChannelMetricFamilies
@@ -427,6 +428,31 @@ async def test_an_untrusted_certificate_is_refused(harness: Harness) -> None:
     # An operator can opt out of verification (a lab server); the connection then works.
     _, unverified, _ = await harness.start(config.model_copy(update={"name": "lab", "tls_verify": False}))
     await until(lambda: unverified.ready, what="an unverified TLS session")
+
+
+async def test_mail_announced_during_a_catch_up_is_taken_before_idling(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server announces a new message once, with the answer to the command running when it
+    # arrives. Here it arrives while the catch-up asks for the newest UID: announced in that
+    # answer, missing from its result, and not announced again when IDLE starts.
+    real = _Mailbox.highest_uid
+    arrived = False
+
+    def highest_uid_while_mail_arrives(mailbox: _Mailbox) -> int:
+        nonlocal arrived
+        top = real(mailbox)
+        if not arrived:
+            arrived = True
+            harness.server.append(mail("Arrived mid-search"), "INBOX")
+            real(mailbox)  # its answer carries the announcement; the result is dropped
+        return top
+
+    monkeypatch.setattr(_Mailbox, "highest_uid", highest_uid_while_mail_arrives)
+    # idle_renew and staleness far beyond the wait: only the announcement can wake the folder.
+    await harness.start(harness.config(idle_renew=1500, staleness=3600, poll_interval=1500))
+    records = await harness.inbound(1, timeout=15)
+    assert arrived and [r.subject for r in records] == ["Arrived mid-search"]
 
 
 @pytest.mark.parametrize("source", ["access_token", "token_file"])
