@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 
 import pytest
@@ -168,12 +169,14 @@ class HeldDelivery:
         return await self.inner.deliver(consumer, work)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
-async def test_records_arriving_while_a_batch_commits_all_go_out_in_the_next_batch(
-    kafka_config: KafkaConfig, exactly_once: bool
-) -> None:
-    # A record must wait for the commit in progress and its own, not also for a batch fetched
-    # in between: that wait was most of the router's added latency at a low rate.
+@contextlib.asynccontextmanager
+async def first_batch_held(
+    kafka_config: KafkaConfig, exactly_once: bool, tuning: LoopTuning = TUNING
+) -> AsyncIterator[tuple[HeldDelivery, AIOKafkaProducer, str, str]]:
+    """A copying loop whose first batch, the record ``first``, is held in delivery.
+
+    Yields the delivery (``release`` it), a producer, and the source and sink topics.
+    """
     source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
     await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
     loop = TransactionalLoop(
@@ -183,7 +186,7 @@ async def test_records_arriving_while_a_batch_commits_all_go_out_in_the_next_bat
         processor=Copier(sink),
         exactly_once=exactly_once,
         logger=structlog.get_logger("test"),
-        tuning=TUNING,
+        tuning=tuning,
     )
     held = HeldDelivery(loop._delivery)
     loop._delivery = held  # type: ignore[assignment]
@@ -193,46 +196,36 @@ async def test_records_arriving_while_a_batch_commits_all_go_out_in_the_next_bat
     try:
         await producer.send_and_wait(source, b"first", partition=0)
         await asyncio.wait_for(held.holding.wait(), timeout=30)
+        yield held, producer, source, sink
+    finally:
+        await loop.stop()
+        await producer.stop()
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+async def test_records_arriving_while_a_batch_commits_all_go_out_in_the_next_batch(
+    kafka_config: KafkaConfig, exactly_once: bool
+) -> None:
+    # A record must wait for the commit in progress and its own, not also for a batch fetched
+    # in between: that wait was most of the router's added latency at a low rate.
+    async with first_batch_held(kafka_config, exactly_once) as (held, producer, source, sink):
         for n in range(3):  # one at a time: each is fetched on its own while the first commits
             await producer.send_and_wait(source, f"later-{n}".encode(), partition=n % 3)
             await asyncio.sleep(0.3)
         held.release.set()
         records = await read_topic(kafka_config, sink, 4, timeout=30)
-    finally:
-        await loop.stop()
-        await producer.stop()
     assert held.batches == [[b"first"], [b"later-0", b"later-1", b"later-2"]]
     assert sorted(r.value for r in records) == [b"first", b"later-0", b"later-1", b"later-2"]  # type: ignore[attr-defined]
 
 
 async def test_the_next_batch_stops_growing_at_max_records(kafka_config: KafkaConfig) -> None:
-    source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
-    await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
-    loop = TransactionalLoop(
-        kafka_config,
-        topic=source,
-        group_id=f"{kafka_config.topic_prefix}-copier",
-        processor=Copier(sink),
-        exactly_once=False,
-        logger=structlog.get_logger("test"),
-        tuning=replace(TUNING, max_records=4),
-    )
-    held = HeldDelivery(loop._delivery)
-    loop._delivery = held  # type: ignore[assignment]
-    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
-    await producer.start()
-    await loop.start()
-    try:
-        await producer.send_and_wait(source, b"first", partition=0)
-        await asyncio.wait_for(held.holding.wait(), timeout=30)
+    tuning = replace(TUNING, max_records=4)
+    async with first_batch_held(kafka_config, False, tuning) as (held, producer, source, sink):
         for n in range(10):
             await producer.send(source, f"later-{n}".encode(), partition=0)
         await producer.flush()
         await asyncio.sleep(1.0)  # time to fetch all ten, were the batch not full at four
         held.release.set()
         records = await read_topic(kafka_config, sink, 11, timeout=30)
-    finally:
-        await loop.stop()
-        await producer.stop()
     assert [len(batch) for batch in held.batches] == [1, 4, 4, 2]
     assert len(records) == 11
