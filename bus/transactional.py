@@ -605,8 +605,10 @@ class TransactionalLoop:
             try:
                 await self._open_pending(consumer)
             except (KafkaError, OSError, TimeoutError) as error:
+                # The ready partitions' records are in hand (the consumer has moved past them):
+                # they go on; the pending ones are asked again after the backoff.
                 self._log.warning("partition initialization failed; retrying", error=repr(error))
-                return f"cannot initialize partitions: {error!r}"
+                failure = f"cannot initialize partitions: {error!r}"
         records = self._accepted(batches)
         if records:
             if not self._open:

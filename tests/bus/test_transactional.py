@@ -229,3 +229,68 @@ async def test_the_next_batch_stops_growing_at_max_records(kafka_config: KafkaCo
         records = await read_topic(kafka_config, sink, 11, timeout=30)
     assert [len(batch) for batch in held.batches] == [1, 4, 4, 2]
     assert len(records) == 11
+
+
+class AssignmentFails(Copier):
+    """A copier whose state restore fails while ``failing`` is set (a changelog read timing out)."""
+
+    def __init__(self, sink: str) -> None:
+        super().__init__(sink)
+        self.failing = False
+        self.failed = 0
+
+    async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if self.failing:
+            self.failed += 1
+            raise TimeoutError("restoring state took too long")
+
+
+class FirstDeliveryFails(HeldDelivery):
+    async def deliver(self, consumer: AIOKafkaConsumer, work: dict[TopicPartition, object]) -> object:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])  # type: ignore[attr-defined]
+        if len(self.batches) == 1:
+            return dict.fromkeys(work, RuntimeError("the commit failed"))
+        return await self.inner.deliver(consumer, work)  # type: ignore[attr-defined]
+
+
+async def test_records_of_ready_partitions_go_on_while_another_partition_cannot_start_again(
+    kafka_config: KafkaConfig,
+) -> None:
+    source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
+    await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
+    copier = AssignmentFails(sink)
+    loop = TransactionalLoop(
+        kafka_config,
+        topic=source,
+        group_id=f"{kafka_config.topic_prefix}-copier",
+        processor=copier,
+        exactly_once=False,
+        logger=structlog.get_logger("test"),
+        tuning=TUNING,
+    )
+    delivery = FirstDeliveryFails(loop._delivery)
+    loop._delivery = delivery  # type: ignore[assignment]
+    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
+    await producer.start()
+    await loop.start()
+    try:
+        await asyncio.wait_for(_until(lambda: len(loop.owned()) == 3), timeout=30)
+        copier.failing = True  # partition 0 will not start again for now
+        await producer.send_and_wait(source, b"on partition 0", partition=0)  # its commit fails
+        await asyncio.wait_for(_until(lambda: copier.failed > 0), timeout=30)
+        for n in range(3):  # fetched while partition 0 keeps failing to start
+            await producer.send_and_wait(source, f"on partition {1 + n % 2}".encode(), partition=1 + n % 2)
+            await asyncio.sleep(0.3)
+        copier.failing = False
+        records = await read_topic(kafka_config, sink, 4, timeout=30)
+    finally:
+        await loop.stop()
+        await producer.stop()
+    assert sorted(r.value for r in records) == sorted(  # type: ignore[attr-defined]
+        [b"on partition 0", b"on partition 1", b"on partition 2", b"on partition 1"]
+    )
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
