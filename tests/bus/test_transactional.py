@@ -170,12 +170,17 @@ class HeldDelivery:
 
 
 @contextlib.asynccontextmanager
-async def first_batch_held(
-    kafka_config: KafkaConfig, exactly_once: bool, tuning: LoopTuning = TUNING
-) -> AsyncIterator[tuple[HeldDelivery, AIOKafkaProducer, str, str]]:
-    """A copying loop whose first batch, the record ``first``, is held in delivery.
+async def copying(
+    kafka_config: KafkaConfig,
+    delivery: Callable[[object], HeldDelivery],
+    *,
+    exactly_once: bool = False,
+    tuning: LoopTuning = TUNING,
+    copier: Callable[[str], Copier] = Copier,
+) -> AsyncIterator[tuple[TransactionalLoop, HeldDelivery, AIOKafkaProducer, str, str]]:
+    """A running copying loop whose delivery is wrapped by *delivery*, and a producer.
 
-    Yields the delivery (``release`` it), a producer, and the source and sink topics.
+    Yields the loop, the wrapped delivery, the producer, and the source and sink topics.
     """
     source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
     await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
@@ -183,23 +188,36 @@ async def first_batch_held(
         kafka_config,
         topic=source,
         group_id=f"{kafka_config.topic_prefix}-copier",
-        processor=Copier(sink),
+        processor=copier(sink),
         exactly_once=exactly_once,
         logger=structlog.get_logger("test"),
         tuning=tuning,
     )
-    held = HeldDelivery(loop._delivery)
-    loop._delivery = held  # type: ignore[assignment]
+    wrapped = delivery(loop._delivery)
+    loop._delivery = wrapped  # type: ignore[assignment]
     producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
     await producer.start()
     await loop.start()
     try:
-        await producer.send_and_wait(source, b"first", partition=0)
-        await asyncio.wait_for(held.holding.wait(), timeout=30)
-        yield held, producer, source, sink
+        yield loop, wrapped, producer, source, sink
     finally:
         await loop.stop()
         await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def first_batch_held(
+    kafka_config: KafkaConfig, exactly_once: bool, tuning: LoopTuning = TUNING
+) -> AsyncIterator[tuple[HeldDelivery, AIOKafkaProducer, str, str]]:
+    """A copying loop whose first batch, the record ``first``, is held in delivery.
+
+    Yields the delivery (``release`` it), a producer, and the source and sink topics.
+    """
+    async with copying(kafka_config, HeldDelivery, exactly_once=exactly_once, tuning=tuning) as running:
+        _, held, producer, source, sink = running
+        await producer.send_and_wait(source, b"first", partition=0)
+        await asyncio.wait_for(held.holding.wait(), timeout=30)
+        yield held, producer, source, sink
 
 
 @pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
@@ -256,24 +274,10 @@ class FirstDeliveryFails(HeldDelivery):
 async def test_records_of_ready_partitions_go_on_while_another_partition_cannot_start_again(
     kafka_config: KafkaConfig,
 ) -> None:
-    source, sink = f"{kafka_config.topic_prefix}.source", f"{kafka_config.topic_prefix}.sink"
-    await ensure_topics(kafka_config, [TopicSpec(source), TopicSpec(sink)])
-    copier = AssignmentFails(sink)
-    loop = TransactionalLoop(
-        kafka_config,
-        topic=source,
-        group_id=f"{kafka_config.topic_prefix}-copier",
-        processor=copier,
-        exactly_once=False,
-        logger=structlog.get_logger("test"),
-        tuning=TUNING,
-    )
-    delivery = FirstDeliveryFails(loop._delivery)
-    loop._delivery = delivery  # type: ignore[assignment]
-    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
-    await producer.start()
-    await loop.start()
-    try:
+    async with copying(kafka_config, FirstDeliveryFails, copier=AssignmentFails) as running:
+        loop, _, producer, source, sink = running
+        copier = loop._processor
+        assert isinstance(copier, AssignmentFails)
         await asyncio.wait_for(_until(lambda: len(loop.owned()) == 3), timeout=30)
         copier.failing = True  # partition 0 will not start again for now
         await producer.send_and_wait(source, b"on partition 0", partition=0)  # its commit fails
@@ -283,9 +287,6 @@ async def test_records_of_ready_partitions_go_on_while_another_partition_cannot_
             await asyncio.sleep(0.3)
         copier.failing = False
         records = await read_topic(kafka_config, sink, 4, timeout=30)
-    finally:
-        await loop.stop()
-        await producer.stop()
     assert sorted(r.value for r in records) == sorted(  # type: ignore[attr-defined]
         [b"on partition 0", b"on partition 1", b"on partition 2", b"on partition 1"]
     )
