@@ -180,7 +180,7 @@ def _routed_json(message: InboundMessage, routing: Routing, original: bytes | No
     pins that this equals ``RoutedMessage.from_inbound(...).to_json_bytes()``. When the input
     record's own bytes are that JSON (records written by Switchboard's connectors are), they are
     reused instead of serializing the message again, ~10 µs a message. Bytes of other writers
-    are reused too when nothing in them is ambiguous (see ``_UNFIT``); fields this version does
+    are reused too when nothing in them is ambiguous (see ``_reusable``); fields this version does
     not know are then carried on, as readers ignore them.
     """
     inbound = original if original is not None and _reusable(original) else message.to_json_bytes()
