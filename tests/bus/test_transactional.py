@@ -214,7 +214,9 @@ async def first_batch_held(
     Yields the delivery (``release`` it), a producer, and the source and sink topics.
     """
     async with copying(kafka_config, HeldDelivery, exactly_once=exactly_once, tuning=tuning) as running:
-        _, held, producer, source, sink = running
+        loop, held, producer, source, sink = running
+        # Owning every partition first: a rebalance later would commit the next batch early.
+        await asyncio.wait_for(_until(lambda: len(loop.owned()) == kafka_config.partitions), timeout=30)
         await producer.send_and_wait(source, b"first", partition=0)
         await asyncio.wait_for(held.holding.wait(), timeout=30)
         yield held, producer, source, sink
@@ -278,7 +280,7 @@ async def test_records_of_ready_partitions_go_on_while_another_partition_cannot_
         loop, _, producer, source, sink = running
         copier = loop._processor
         assert isinstance(copier, AssignmentFails)
-        await asyncio.wait_for(_until(lambda: len(loop.owned()) == 3), timeout=30)
+        await asyncio.wait_for(_until(lambda: len(loop.owned()) == kafka_config.partitions), timeout=30)
         copier.failing = True  # partition 0 will not start again for now
         await producer.send_and_wait(source, b"on partition 0", partition=0)  # its commit fails
         await asyncio.wait_for(_until(lambda: copier.failed > 0), timeout=30)
