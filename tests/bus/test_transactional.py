@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import structlog
@@ -152,27 +153,36 @@ async def test_a_commit_the_group_refuses_starts_the_batch_over_and_nothing_is_l
 class HeldDelivery:
     """Wraps the loop's delivery: holds the first batch until released; notes each batch's records."""
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.release = asyncio.Event()
         self.holding = asyncio.Event()
-        self.batches: list[list[bytes]] = []
+        self.batches: list[list[bytes | None]] = []
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
+    async def start(self) -> None:
+        await self.inner.start()
 
-    async def deliver(self, consumer: AIOKafkaConsumer, work: dict[TopicPartition, object]) -> object:
-        self.batches.append([o.value for w in work.values() for o in w.outputs])  # type: ignore[attr-defined]
+    async def open(self, partitions: Sequence[TopicPartition]) -> None:
+        await self.inner.open(partitions)
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
+    ) -> dict[TopicPartition, BaseException]:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])
         if len(self.batches) == 1:
             self.holding.set()
             await self.release.wait()
-        return await self.inner.deliver(consumer, work)  # type: ignore[attr-defined]
+        failed: dict[TopicPartition, BaseException] = await self.inner.deliver(consumer, work)
+        return failed
 
 
 @contextlib.asynccontextmanager
 async def copying(
     kafka_config: KafkaConfig,
-    delivery: Callable[[object], HeldDelivery],
+    delivery: Callable[[Any], HeldDelivery],
     *,
     exactly_once: bool = False,
     tuning: LoopTuning = TUNING,
@@ -194,7 +204,7 @@ async def copying(
         tuning=tuning,
     )
     wrapped = delivery(loop._delivery)
-    loop._delivery = wrapped  # type: ignore[assignment]
+    loop._delivery = wrapped
     producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
     await producer.start()
     await loop.start()
@@ -266,11 +276,14 @@ class AssignmentFails(Copier):
 
 
 class FirstDeliveryFails(HeldDelivery):
-    async def deliver(self, consumer: AIOKafkaConsumer, work: dict[TopicPartition, object]) -> object:
-        self.batches.append([o.value for w in work.values() for o in w.outputs])  # type: ignore[attr-defined]
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
+    ) -> dict[TopicPartition, BaseException]:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])
         if len(self.batches) == 1:
             return dict.fromkeys(work, RuntimeError("the commit failed"))
-        return await self.inner.deliver(consumer, work)  # type: ignore[attr-defined]
+        failed: dict[TopicPartition, BaseException] = await self.inner.deliver(consumer, work)
+        return failed
 
 
 async def test_records_of_ready_partitions_go_on_while_another_partition_cannot_start_again(
