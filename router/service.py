@@ -36,7 +36,15 @@ from bus.changelog import changelog_partition, read_changelog
 from bus.headers import MESSAGE_ID as MESSAGE_ID_HEADER
 from bus.headers import SCHEMA as SCHEMA_HEADER
 from bus.headers import Headers
-from bus.transactional import Health, LoopTuning, Output, Record, TransactionalLoop, resolve_exactly_once
+from bus.transactional import (
+    Health,
+    LoopTuning,
+    Output,
+    Record,
+    TransactionalLoop,
+    let_io_progress,
+    resolve_exactly_once,
+)
 from models import ROUTED_SCHEMA, InboundMessage, Routing
 from models.config import Settings
 from models.topics import Topics
@@ -291,6 +299,7 @@ class _RouterProcessor:
 
     async def process(self, records: Sequence[Record]) -> Sequence[Output]:
         decoded = [_decode(record) for record in records]
+        await let_io_progress()  # the batch before commits meanwhile (see Processor.process)
         results: dict[int, _Decided | _Failure] = {
             i: item for i, item in enumerate(decoded) if isinstance(item, _Failure)
         }
@@ -311,6 +320,7 @@ class _RouterProcessor:
                     self.affinity.put(records[i].partition, message.conversation_id, new)
                     result = _Decided(result.routing, result.destination, new)
                 results[i] = result
+        await let_io_progress()
         outputs: list[Output] = []
         for i, record in enumerate(records):
             outputs.extend(self._outputs(record, decoded[i], results[i]))

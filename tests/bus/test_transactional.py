@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,7 +17,7 @@ from bus import transactional
 from bus.admin import ensure_topics
 from bus.fencing import GroupMetadata, group_metadata
 from bus.options import client_options
-from bus.transactional import LoopTuning, Output, Record, TransactionalLoop
+from bus.transactional import LoopTuning, Output, Record, TransactionalLoop, let_io_progress
 from models.config import KafkaConfig
 from models.topics import TopicSpec
 from tests.conftest import read_topic
@@ -259,6 +260,77 @@ async def test_the_next_batch_stops_growing_at_max_records(kafka_config: KafkaCo
         records = await read_topic(kafka_config, sink, 11, timeout=30)
     assert [len(batch) for batch in held.batches] == [1, 4, 4, 2]
     assert len(records) == 11
+
+
+class TimedDelivery(HeldDelivery):
+    """Holds nothing; notes when each batch's delivery has finished."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.finished: list[float] = []
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
+    ) -> dict[TopicPartition, BaseException]:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])
+        failed: dict[TopicPartition, BaseException] = await self.inner.deliver(consumer, work)
+        self.finished.append(time.perf_counter())
+        return failed
+
+
+class ComputingCopier(Copier):
+    """From its second batch on, computes in 50-ms stages and lets I/O progress between them,
+    until the batch before has been delivered (at most 5 s)."""
+
+    def __init__(self, sink: str) -> None:
+        super().__init__(sink)
+        self.delivery: TimedDelivery | None = None
+        self.stages = 0
+        self.computed_until = 0.0
+
+    async def process(self, records: Sequence[Record]) -> Sequence[Output]:
+        outputs = await super().process(records)
+        if self.batches > 1:
+            assert self.delivery is not None
+            while not self.delivery.finished and self.stages < 100:
+                time.sleep(0.05)  # computing: the event loop is held
+                self.stages += 1
+                await let_io_progress()
+            self.computed_until = time.perf_counter()
+        return outputs
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+async def test_a_batch_commits_while_the_next_one_is_computed(
+    kafka_config: KafkaConfig, exactly_once: bool
+) -> None:
+    # Processing and committing share one event loop: the commit's round trips go on only when
+    # the processor lets the loop run. Batches of one record: the second is computed while the
+    # first commits, and must not have to be finished before the first can land.
+    source = f"{kafka_config.topic_prefix}.source"
+    await ensure_topics(kafka_config, [TopicSpec(source)])
+    producer = AIOKafkaProducer(**client_options(kafka_config), acks="all")
+    await producer.start()
+    try:
+        await producer.send(source, b"first", partition=0)
+        await producer.send(source, b"second", partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    tuning = replace(TUNING, max_records=1)
+    async with copying(
+        kafka_config, TimedDelivery, exactly_once=exactly_once, tuning=tuning, copier=ComputingCopier
+    ) as running:
+        loop, timed, _, _, sink = running
+        assert isinstance(timed, TimedDelivery)
+        copier = loop._processor
+        assert isinstance(copier, ComputingCopier)
+        copier.delivery = timed
+        records = await read_topic(kafka_config, sink, 2, timeout=30)
+    assert sorted(r.value for r in records) == [b"first", b"second"]  # type: ignore[attr-defined]
+    assert timed.batches[:2] == [[b"first"], [b"second"]]
+    assert timed.finished[0] < copier.computed_until
+    assert copier.stages < 100
 
 
 class AssignmentFails(Copier):
