@@ -151,13 +151,11 @@ async def test_a_commit_the_group_refuses_starts_the_batch_over_and_nothing_is_l
     assert_one_whole_batch_started_over(copier)
 
 
-class HeldDelivery:
-    """Wraps the loop's delivery: holds the first batch until released; notes each batch's records."""
+class WrappedDelivery:
+    """Wraps the loop's delivery and notes each batch's records; subclasses add a twist."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.release = asyncio.Event()
-        self.holding = asyncio.Event()
         self.batches: list[list[bytes | None]] = []
 
     async def start(self) -> None:
@@ -173,6 +171,22 @@ class HeldDelivery:
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
     ) -> dict[TopicPartition, BaseException]:
         self.batches.append([o.value for w in work.values() for o in w.outputs])
+        failed: dict[TopicPartition, BaseException] = await self.inner.deliver(consumer, work)
+        return failed
+
+
+class HeldDelivery(WrappedDelivery):
+    """Holds the first batch until released."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def deliver(
+        self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
+    ) -> dict[TopicPartition, BaseException]:
+        self.batches.append([o.value for w in work.values() for o in w.outputs])
         if len(self.batches) == 1:
             self.holding.set()
             await self.release.wait()
@@ -183,12 +197,12 @@ class HeldDelivery:
 @contextlib.asynccontextmanager
 async def copying(
     kafka_config: KafkaConfig,
-    delivery: Callable[[Any], HeldDelivery],
+    delivery: Callable[[Any], WrappedDelivery],
     *,
     exactly_once: bool = False,
     tuning: LoopTuning = TUNING,
     copier: Callable[[str], Copier] = Copier,
-) -> AsyncIterator[tuple[TransactionalLoop, HeldDelivery, AIOKafkaProducer, str, str]]:
+) -> AsyncIterator[tuple[TransactionalLoop, WrappedDelivery, AIOKafkaProducer, str, str]]:
     """A running copying loop whose delivery is wrapped by *delivery*, and a producer.
 
     Yields the loop, the wrapped delivery, the producer, and the source and sink topics.
@@ -226,6 +240,7 @@ async def first_batch_held(
     """
     async with copying(kafka_config, HeldDelivery, exactly_once=exactly_once, tuning=tuning) as running:
         loop, held, producer, source, sink = running
+        assert isinstance(held, HeldDelivery)
         # Owning every partition first: a rebalance later would commit the next batch early.
         await asyncio.wait_for(_until(lambda: len(loop.owned()) == kafka_config.partitions), timeout=30)
         await producer.send_and_wait(source, b"first", partition=0)
@@ -262,8 +277,8 @@ async def test_the_next_batch_stops_growing_at_max_records(kafka_config: KafkaCo
     assert len(records) == 11
 
 
-class TimedDelivery(HeldDelivery):
-    """Holds nothing; notes when each batch's delivery has finished."""
+class TimedDelivery(WrappedDelivery):
+    """Notes when each batch's delivery has finished."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
@@ -272,8 +287,7 @@ class TimedDelivery(HeldDelivery):
     async def deliver(
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
     ) -> dict[TopicPartition, BaseException]:
-        self.batches.append([o.value for w in work.values() for o in w.outputs])
-        failed: dict[TopicPartition, BaseException] = await self.inner.deliver(consumer, work)
+        failed = await super().deliver(consumer, work)
         self.finished.append(time.perf_counter())
         return failed
 
@@ -347,7 +361,7 @@ class AssignmentFails(Copier):
             raise TimeoutError("restoring state took too long")
 
 
-class FirstDeliveryFails(HeldDelivery):
+class FirstDeliveryFails(WrappedDelivery):
     async def deliver(
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, Any]
     ) -> dict[TopicPartition, BaseException]:
