@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from models.text import clean_text, truncate_utf8
+from models.text import clean_json, clean_text, truncate_utf8
 
 __all__ = [
     "INBOUND_SCHEMA",
@@ -71,16 +71,6 @@ def record_time(moment: datetime) -> datetime:
         return moment
     moment = moment.astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
-
-
-def _clean_json(value: JsonValue) -> JsonValue:
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {clean_text(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean_json(v) for v in value]
-    return value
 
 
 CleanStr = Annotated[str, AfterValidator(clean_text)]
@@ -146,7 +136,7 @@ class InboundMessage(_Record):
     @field_validator("metadata", mode="after")
     @classmethod
     def _clean_metadata(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        return {clean_text(k): _clean_json(v) for k, v in value.items()}
+        return {clean_text(k): clean_json(v) for k, v in value.items()}
 
     @property
     def schema_name(self) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["REPLACEMENT", "clean_text", "normalize_subject", "truncate_utf8"]
+from models.normal_forms import already_normalized
+
+__all__ = ["REPLACEMENT", "clean_json", "clean_text", "clean_texts", "normalize_subject", "truncate_utf8"]
 
 REPLACEMENT = "\ufffd"
 
@@ -33,6 +37,40 @@ def clean_text(value: str) -> str:
     if _LONE_SURROGATE.search(value):
         value = _LONE_SURROGATE.sub(REPLACEMENT, value)
     return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+
+
+def clean_texts(values: Sequence[str]) -> list[str]:
+    """:func:`clean_text` of each value, with one NFC check for them all.
+
+    Unicode's quick check cannot settle most Indic text (see :mod:`models.normal_forms`), so
+    checking a Bengali message alone costs ~15 µs; over a batch the check costs ~2 µs a text.
+    """
+    values = [_without_nul_and_surrogates(value) for value in values]
+    normal = already_normalized(values, "NFC")
+    return [
+        value if ok else unicodedata.normalize("NFC", value) for value, ok in zip(values, normal, strict=True)
+    ]
+
+
+def _without_nul_and_surrogates(value: str) -> str:
+    if _NUL in value:
+        value = value.replace(_NUL, "")
+    if not value.isascii() and _LONE_SURROGATE.search(value):
+        value = _LONE_SURROGATE.sub(REPLACEMENT, value)
+    return value
+
+
+def clean_json(value: Any) -> Any:
+    """*value* (decoded JSON, or tuples) with every string in it, keys included, passed through :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(key): clean_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clean_json(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(clean_json(item) for item in value)
+    return value
 
 
 def normalize_subject(subject: str) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router.normal_forms import already_normalized
+from models.normal_forms import already_normalized
 
 __all__ = [
     "MAX_MODEL_CHARS",
@@ -102,7 +102,7 @@ def normalize(text: str) -> str:
 
 def normalize_all(texts: Sequence[str]) -> list[str]:
     """:func:`normalize` of each text; which texts are NFKC already is found for the whole batch
-    (see :mod:`router.normal_forms`), so most Indic texts are not normalized again."""
+    (see :mod:`models.normal_forms`), so most Indic texts are not normalized again."""
     plain = already_normalized(texts, "NFKC")
     return [
         _fold(text if ok else unicodedata.normalize("NFKC", text))

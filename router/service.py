@@ -47,6 +47,7 @@ from bus.transactional import (
 )
 from models import ROUTED_SCHEMA, InboundMessage, Routing
 from models.config import Settings
+from models.inbound_json import parse_inbounds
 from models.topics import Topics
 from router.affinity import AffinityTable, ConversationState, Destination, advance
 from router.pipeline import ConversationContext, Decider, Decision
@@ -147,15 +148,20 @@ class _Decided(NamedTuple):
     state: ConversationState | None = None  # the conversation's state after this message
 
 
-def _decode(record: Record) -> InboundMessage | _Failure:
-    if record.value is None:
-        return _Failure("the record has no value", "EmptyRecord")
-    try:
-        return InboundMessage.from_json_bytes(record.value)
-    except ValidationError as error:
-        return _Failure(str(error), "ValidationError")
-    except (ValueError, UnicodeDecodeError) as error:
-        return _Failure(str(error), type(error).__name__)
+def _decode_all(records: Sequence[Record]) -> list[InboundMessage | _Failure]:
+    parsed = iter(parse_inbounds([record.value for record in records if record.value is not None]))
+    return [
+        _Failure("the record has no value", "EmptyRecord") if record.value is None else _decoded(next(parsed))
+        for record in records
+    ]
+
+
+def _decoded(item: InboundMessage | ValueError) -> InboundMessage | _Failure:
+    if isinstance(item, InboundMessage):
+        return item
+    return _Failure(
+        str(item), "ValidationError" if isinstance(item, ValidationError) else type(item).__name__
+    )
 
 
 _INBOUND_PREFIX = b'{"schema":"inbound/1",'
@@ -298,7 +304,7 @@ class _RouterProcessor:
             self.affinity.forget(tp.partition)
 
     async def process(self, records: Sequence[Record]) -> Sequence[Output]:
-        decoded = [_decode(record) for record in records]
+        decoded = _decode_all(records)
         await let_io_progress()  # the batch before commits meanwhile (see Processor.process)
         results: dict[int, _Decided | _Failure] = {
             i: item for i, item in enumerate(decoded) if isinstance(item, _Failure)

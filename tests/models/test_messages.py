@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from models import Attachment, InboundMessage, RoutedMessage, Routing, Sender
 from models.messages import fit_to_size, record_time
-from models.text import clean_text
+from models.text import clean_text, clean_texts
 
 SCRIPTS = st.sampled_from(
     [
@@ -142,6 +142,11 @@ def test_the_body_is_cleaned_like_the_text_whether_or_not_they_are_equal(text: s
 @given(value=ANY_TEXT)
 def test_cleaning_clean_text_changes_nothing(value: str) -> None:
     assert clean_text(clean_text(value)) == clean_text(value)
+
+
+@given(values=st.lists(ANY_TEXT, max_size=8))
+def test_cleaning_a_batch_cleans_each_text_as_cleaning_it_alone(values: list[str]) -> None:
+    assert clean_texts(values) == [clean_text(value) for value in values]
 
 
 def test_records_are_frozen() -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import normal_forms
-from router.normal_forms import DECOMPOSITION_LIMIT, Form, already_normalized
+from models import normal_forms
+from models.normal_forms import DECOMPOSITION_LIMIT, Form, already_normalized
 
 FORMS = get_args(Form)
 
