@@ -22,16 +22,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from models.messages import Attachment, InboundMessage, Sender, record_time
+from models.messages import Attachment, InboundMessage, Sender, record_time, unvalidated
 from models.text import clean_json, clean_texts
 
 __all__ = ["parse_inbounds"]
 
-_Model = TypeVar("_Model", InboundMessage, Sender, Attachment)
 _Id = Annotated[str, msgspec.Meta(min_length=1)]
 
 # Up to microseconds only: msgspec rounds a seventh digit where pydantic cuts it, which can
@@ -214,19 +213,9 @@ _BATCHED = frozenset({"subject", "text", "body"})
 
 
 def _message(fields: dict[str, Any]) -> InboundMessage:
-    fields["sender"] = _trusted(Sender, _SENDER_FIELDS, fields["sender"])
+    fields["sender"] = unvalidated(Sender, fields["sender"], _SENDER_FIELDS)
     if fields["attachments"]:
         fields["attachments"] = tuple(
-            _trusted(Attachment, _ATTACHMENT_FIELDS, item) for item in fields["attachments"]
+            unvalidated(Attachment, item, _ATTACHMENT_FIELDS) for item in fields["attachments"]
         )
-    return _trusted(InboundMessage, _INBOUND_FIELDS, fields)
-
-
-def _trusted(model: type[_Model], names: frozenset[str], fields: dict[str, Any]) -> _Model:
-    """*model* holding *fields*, which the caller has checked as its validation would."""
-    instance = model.__new__(model)
-    object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", names)
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
-    return instance
+    return unvalidated(InboundMessage, fields, _INBOUND_FIELDS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -37,6 +37,7 @@ __all__ = [
     "fit_to_size",
     "format_timestamp",
     "record_time",
+    "unvalidated",
 ]
 
 INBOUND_SCHEMA = "inbound/1"
@@ -71,6 +72,24 @@ def record_time(moment: datetime) -> datetime:
         return moment
     moment = moment.astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+
+
+def unvalidated(model: type[_ModelT], fields: dict[str, Any], fields_set: frozenset[str]) -> _ModelT:
+    """An instance of *model* holding *fields* (all of them, in field order), not validated.
+
+    What ``model_construct`` sets, without its generic loop over the fields (~2 µs instead of
+    ~5.5 for a routing, as slow as validating). For the router's hot path only: the caller
+    answers for every value being what validation would have made of it.
+    """
+    instance = model.__new__(model)
+    object.__setattr__(instance, "__dict__", fields)
+    object.__setattr__(instance, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
 
 
 CleanStr = Annotated[str, AfterValidator(clean_text)]
@@ -178,11 +197,9 @@ class Routing(_Record):
     ) -> Routing:
         """A routing built from parts the caller has already checked, not validated again.
 
-        The router makes one per message; this sets what ``model_construct`` sets without its
-        generic loop over the fields (2 µs instead of 5.5, as slow as validating). The caller
-        answers for the values: *routed_at* must be in UTC with millisecond precision.
+        The router makes one per message (see :func:`unvalidated`). The caller answers for the
+        values: *routed_at* must be in UTC with millisecond precision.
         """
-        routing = cls.__new__(cls)
         fields = {
             "department": department,
             "confidence": confidence,
@@ -193,11 +210,7 @@ class Routing(_Record):
             "model": model,
             "routed_at": routed_at,
         }
-        object.__setattr__(routing, "__dict__", fields)
-        object.__setattr__(routing, "__pydantic_fields_set__", _ROUTING_FIELDS)
-        object.__setattr__(routing, "__pydantic_extra__", None)
-        object.__setattr__(routing, "__pydantic_private__", None)
-        return routing
+        return unvalidated(cls, fields, _ROUTING_FIELDS)
 
 
 _ROUTING_FIELDS = frozenset(Routing.model_fields)
