@@ -86,7 +86,7 @@ def unvalidated(model: type[_ModelT], fields: dict[str, Any], fields_set: frozen
     """
     instance = model.__new__(model)
     object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(fields_set))  # model_copy adds to it
     object.__setattr__(instance, "__pydantic_extra__", None)
     object.__setattr__(instance, "__pydantic_private__", None)
     return instance

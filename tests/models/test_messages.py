@@ -181,5 +181,6 @@ def test_a_trusted_routing_is_the_same_record_as_a_validated_one() -> None:
     assert trusted.model_dump_json() == validated.model_dump_json()
     assert trusted.model_fields_set == validated.model_fields_set
     assert Routing.model_validate_json(trusted.model_dump_json()) == trusted
+    assert trusted.model_copy(update={"priority": "urgent"}).priority == "urgent"
     with pytest.raises(ValidationError):
         trusted.department = "billing"  # type: ignore[misc]
