@@ -41,15 +41,15 @@ _RFC3339 = re.compile(
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class _SenderJSON(msgspec.Struct, kw_only=True):
+class _SenderJSON(msgspec.Struct, kw_only=True):  # fields in the model's order (see _fields)
     id: _Id
     name: str | None = None
 
 
-class _AttachmentJSON(msgspec.Struct, kw_only=True):
-    size: Annotated[int, msgspec.Meta(ge=0)]
+class _AttachmentJSON(msgspec.Struct, kw_only=True):  # fields in the model's order (see _fields)
     filename: str | None = None
     content_type: str = "application/octet-stream"
+    size: Annotated[int, msgspec.Meta(ge=0)]
     sha256: str | None = None
     ref: str | None = None
 
@@ -136,7 +136,10 @@ def _plain_ascii(data: bytes) -> bool:
 
 
 def _fields(record: _InboundJSON) -> dict[str, Any]:
-    """The model's fields from a parsed record, strings as they came, nested models as dicts."""
+    """The model's fields from a parsed record, strings as they came, nested models as dicts.
+
+    In the model's order, as validation fills them (``repr`` shows them in that order).
+    """
     if record.schema_by_name is not msgspec.UNSET:
         raise _NotHere
     return {
@@ -146,7 +149,7 @@ def _fields(record: _InboundJSON) -> dict[str, Any]:
         "channel_instance": record.channel_instance,
         "native_id": record.native_id,
         "received_at": _timestamp(record.received_at),
-        "sender": {"id": record.sender.id, "name": record.sender.name},
+        "sender": msgspec.structs.asdict(record.sender),
         "recipients": record.recipients,
         "conversation_id": record.conversation_id,
         "in_reply_to": record.in_reply_to,
@@ -171,13 +174,7 @@ def _timestamp(value: str) -> datetime:
 def _attachment_fields(item: _AttachmentJSON) -> dict[str, Any]:
     if item.sha256 is not None and not _SHA256.fullmatch(item.sha256):
         raise _NotHere
-    return {
-        "filename": item.filename,
-        "content_type": item.content_type,
-        "size": item.size,
-        "sha256": item.sha256,
-        "ref": item.ref,
-    }
+    return msgspec.structs.asdict(item)
 
 
 def _clean(drafts: list[dict[str, Any]]) -> None:
