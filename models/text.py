@@ -7,8 +7,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from models.normal_forms import already_normalized
-
 __all__ = ["REPLACEMENT", "clean_json", "clean_text", "clean_texts", "normalize_subject", "truncate_utf8"]
 
 REPLACEMENT = "\ufffd"
@@ -45,6 +43,9 @@ def clean_texts(values: Sequence[str]) -> list[str]:
     Unicode's quick check cannot settle most Indic text (see :mod:`models.normal_forms`), so
     checking a Bengali message alone costs ~15 µs; over a batch the check costs ~2 µs a text.
     """
+    # Imported here: it loads numpy, which the connectors (one string at a time) never need.
+    from models.normal_forms import already_normalized
+
     values = [_without_nul_and_surrogates(value) for value in values]
     normal = already_normalized(values, "NFC")
     return [
