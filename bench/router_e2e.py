@@ -112,10 +112,12 @@ def build_decider(choice: str, router: RouterConfig) -> tuple[Any, str]:
             if choice == "real":
                 raise
         else:
+            from models.inbound_json import warm_up as warm_up_reader
             from switchboard.processes import settle_garbage_collector
 
             pipeline = real(router, lambda: datetime.now(UTC))
             pipeline.warm_up()  # as `switchboard router run` does before joining the group
+            warm_up_reader()
             settle_garbage_collector()
             return pipeline, "real (router.pipeline)"
     return StandInDecider(router.departments), "stand-in"

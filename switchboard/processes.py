@@ -13,6 +13,7 @@ from bus.admin import ensure_topics
 from bus.transactional import resolve_exactly_once
 from connectors.registry import Registry
 from models.config import ChannelConfig, Settings
+from models.inbound_json import warm_up as warm_up_reader
 from models.topics import Topics
 from switchboard.host import ConnectorHost
 from switchboard.http import HttpServer, build_app
@@ -86,6 +87,7 @@ def _router(process: Process, config_path: Path | None) -> None:
         logger=process.log.bind(component="rules"),
     )
     decider.warm_up()
+    warm_up_reader()
     settle_garbage_collector()
     process.add(
         RouterService(
