@@ -192,29 +192,26 @@ def _clean(drafts: list[dict[str, Any]]) -> None:
     whole batch at once. A body equal to its text becomes the cleaned text, as in the model. A
     valid ``sha256`` is ASCII hex, so cleaning it changes nothing.
     """
-    batch: list[str] = []
+    body_is_text = [fields["body"] == fields["text"] for fields in drafts]
     for fields in drafts:
         for name, value in fields.items():
             if name not in _BATCHED:
                 fields[name] = clean_json(value)
-        batch.extend(_batched(fields))
-    cleaned = iter(clean_texts(batch))
-    for fields in drafts:
-        if fields["subject"] is not None:
-            fields["subject"] = next(cleaned)
-        text = next(cleaned)
-        fields["body"] = text if fields["body"] == fields["text"] else next(cleaned)
-        fields["text"] = text
+    slots = [
+        (fields, name)
+        for fields, same in zip(drafts, body_is_text, strict=True)
+        for name in _BATCHED
+        if fields[name] is not None and not (same and name == "body")
+    ]
+    cleaned = clean_texts([fields[name] for fields, name in slots])
+    for (fields, name), value in zip(slots, cleaned, strict=True):
+        fields[name] = value
+    for fields, same in zip(drafts, body_is_text, strict=True):
+        if same:
+            fields["body"] = fields["text"]
 
 
-def _batched(fields: dict[str, Any]) -> list[str]:
-    """The strings of *fields* that :func:`_clean` cleans with the batch, in the order it reads them."""
-    subject = [] if fields["subject"] is None else [fields["subject"]]
-    body = [] if fields["body"] == fields["text"] else [fields["body"]]
-    return [*subject, fields["text"], *body]
-
-
-_BATCHED = frozenset({"subject", "text", "body"})
+_BATCHED = ("subject", "text", "body")
 
 
 def _message(fields: dict[str, Any]) -> InboundMessage:

@@ -28,12 +28,9 @@ def clean_text(value: str) -> str:
     with ``surrogateescape``) are replaced by U+FFFD, so the result always encodes to UTF-8
     and a reader can still see that something was unreadable.
     """
-    if _NUL in value:
-        value = value.replace(_NUL, "")
+    value = _without_nul_and_surrogates(value)
     if value.isascii():  # most ids, addresses and English text: already clean and NFC
         return value
-    if _LONE_SURROGATE.search(value):
-        value = _LONE_SURROGATE.sub(REPLACEMENT, value)
     return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
 
 
