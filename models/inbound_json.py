@@ -6,9 +6,9 @@ quick check cannot settle its vowel signs). Here msgspec parses each record into
 that check what the model's fields check (types, required fields, non-empty ids, sizes, the
 schema name), short strings are cleaned by :func:`models.text.clean_text` as the model does,
 and the subjects, texts and bodies of the whole batch at once by
-:func:`models.text.clean_texts`. On the router bench's records (60 % English) that is ~126,000
-instructions a record instead of ~165,000 (counted with callgrind: timings on this machine
-swing more than the difference).
+:func:`models.text.clean_texts`. On the router bench's records (60 % English) that is ~146,000
+instructions a record instead of ~174,000 (counted with callgrind over 6,000 records, fixed hash
+seed; timings on this machine swing more than the difference).
 
 msgspec is the stricter reader: it refuses what pydantic's lax mode coerces (``"size": "12"``,
 a Unix time as ``received_at``) and the ``NaN`` pydantic's parser takes, and such records, like anything it cannot read, are
