@@ -21,7 +21,9 @@ For each delivery mode (exactly once with transactions, at least once) it measur
   ``read_committed`` reader receiving the output, p50/p99 for pipe and router, and the router's
   added latency (target p99 < 50 ms). Each starts once its consumer owns every partition (the
   router: fenced and restored too); the first *warmup* seconds are not counted, then *seconds*
-  are.
+  are. With ``--rounds N``, N rounds of pipe then router on fresh topics, a row per round and
+  the median of each column (the broker's own transaction latency drifts from minute to minute,
+  so one pair of runs says little).
 
 The pipe and the routers run in child processes, as they do in production; this process only
 fills, paces, reads and times. The decider is the real one (``router.pipeline.build_decider``)
@@ -495,7 +497,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 class ModeResult(NamedTuple):
     rounds: list[dict[str, float]]  # throughput: one per round, pipe and routers side by side
-    latency: dict[str, float]
+    latency: list[dict[str, float]]  # one per round: pipe then router, p50 and p99
 
 
 async def run_mode(bootstrap: str, mode: str, args: argparse.Namespace) -> ModeResult:
@@ -543,8 +545,8 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
         rounds.append(results)
         # Each round, and latency after them, on a broker holding only its own topics.
         await delete_topics(bootstrap, f"bench{run}{mode}t")
-    latency: dict[str, float] = {}
-    if args.only != "throughput":
+    latency: list[dict[str, float]] = []
+    for _ in range(args.rounds if args.only != "throughput" else 0):
         config = await topics_for("l")
         async with children("pipe", config, args):
             sink = f"{config.topic_prefix}.bare"
@@ -554,9 +556,14 @@ async def measure_mode(bootstrap: str, mode: str, run: str, args: argparse.Names
             names = Topics(config.topic_prefix)
             sinks = [names.department(d) for d in departments] + [names.triage]
             routed = await paced_latency(config, sinks, args.rate, args.seconds, corpus, args.warmup)
-        for name, values in (("pipe", bare), ("router", routed)):
-            latency[f"{name}_p50"] = percentile(values, 50)
-            latency[f"{name}_p99"] = percentile(values, 99)
+        latency.append(
+            {
+                f"{name}_p{q}": percentile(values, q)
+                for name, values in (("pipe", bare), ("router", routed))
+                for q in (50, 99)
+            }
+        )
+        await delete_topics(bootstrap, f"bench{run}{mode}l")
     return ModeResult(rounds, latency)
 
 
@@ -567,6 +574,12 @@ def best_round(rounds: Sequence[dict[str, float]], routers: Sequence[int]) -> di
         fastest = max(rounds, key=lambda r: r[f"router{n}"])
         best.update({key: value for key, value in fastest.items() if key.startswith(f"router{n}")})
     return best
+
+
+def with_added(latency: dict[str, float]) -> dict[str, float]:
+    """*latency* and the router's added latency: its percentile minus the pipe's of the same round."""
+    added = {f"added_p{q}": latency[f"router_p{q}"] - latency[f"pipe_p{q}"] for q in (50, 99)}
+    return {**latency, **added}
 
 
 def report(args: argparse.Namespace, label: str, results: dict[str, ModeResult]) -> None:
@@ -601,13 +614,21 @@ def report(args: argparse.Namespace, label: str, results: dict[str, ModeResult])
         if args.rounds > 1:
             print("best: the fastest pipe and the fastest router(s) of the rounds, and their ratio")
     if args.only != "throughput":
-        print(f"{'mode':6} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
+        print(f"{'mode':10} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
         for mode, result in results.items():
-            r = result.latency
-            print(
-                f"{mode:6} {r['pipe_p50']:7.1f}/{r['pipe_p99']:<8.1f} {r['router_p50']:9.1f}/{r['router_p99']:<8.1f} "
-                f"{r['router_p50'] - r['pipe_p50']:8.1f}/{r['router_p99'] - r['pipe_p99']:<8.1f}"
-            )
+            measured = [with_added(each) for each in result.latency]
+            lines = [(f"{mode} #{i}", each) for i, each in enumerate(measured, 1)]
+            if args.rounds > 1:
+                middle = {key: statistics.median(each[key] for each in measured) for key in measured[0]}
+                lines.append((f"{mode} median", middle))
+            for title, cell in lines if args.rounds > 1 else [(mode, measured[0])]:
+                print(
+                    f"{title:10} {cell['pipe_p50']:7.1f}/{cell['pipe_p99']:<8.1f} "
+                    f"{cell['router_p50']:9.1f}/{cell['router_p99']:<8.1f} "
+                    f"{cell['added_p50']:8.1f}/{cell['added_p99']:<8.1f}"
+                )
+        if args.rounds > 1:
+            print("median: of each column over the rounds (pipe and router take turns, fresh topics)")
 
 
 async def main() -> None:
@@ -620,7 +641,8 @@ async def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="throughput rounds, pipe and routers alternating; best is reported",
+        help="rounds of each measurement, pipe and routers alternating: throughput reports the best, "
+        "latency the median",
     )
     parser.add_argument("--routers", default="1,2", help="router process counts for throughput, e.g. 1,2")
     parser.add_argument("--rate", type=int, default=1_000, help="messages/s for the latency run")
