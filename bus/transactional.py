@@ -3,10 +3,10 @@
 :class:`TransactionalLoop` reads one topic in a consumer group, hands each batch to a
 :class:`Processor` and commits what it returned together with the input offsets:
 
-- **Exactly once** (brokers with transactions and KIP-447 group fencing): two transactional
-  producers per loop taking turns, ``transactional.id = "<group>.<topic>.<random uuid>.<turn>"``,
-  new at every process start. Each batch is one transaction over every input partition in it:
-  its outputs, then the next offset of each partition, then the commit, so either all of the
+- **Exactly once** (brokers with transactions and KIP-447 group fencing): one transactional
+  producer per loop, ``transactional.id = "<group>.<topic>.<random uuid>"``, new at every process
+  start (as Kafka Streams' eos-v2). Each batch is one transaction over every input partition in
+  it: its outputs, then the next offset of each partition, then the commit, so either all of the
   batch becomes visible to ``read_committed`` readers or none of it does. The id does not fence
   anything; the consumer group does (:mod:`bus.fencing`): the offsets go out as
   ``TxnOffsetCommit`` v3 with the consumer's generation, member id and group instance id, read
@@ -83,8 +83,6 @@ _TXN_BACKOFF_MS = 20
 # The loop hands its producers whole batches (send_batch): lingering for more records only
 # delays them.
 _LINGER_MS = 0
-# Transactional producers taking turns (see _ExactlyOnce).
-_PRODUCERS = 2
 # Event-loop turns per let_io_progress. A broker's answer reaches the task awaiting it through a
 # few hand-offs (socket reader, connection, request, batch futures, gather), one per turn; with
 # bench/router_e2e.py, 4 turns left the flight one hand-off short, 8 let it finish.
@@ -275,17 +273,24 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout: float, log: Logger)
         log.warning("producer did not stop cleanly", error=repr(error))
 
 
-class _TransactionalProducer:
-    """One transactional id and the producer currently holding it (replaced after a failure)."""
+class _ExactlyOnce:
+    """One transactional producer, one transaction per batch, fenced by the group (KIP-447)."""
 
-    def __init__(self, config: KafkaConfig, transactional_id: str, tuning: LoopTuning, log: Logger) -> None:
+    def __init__(
+        self, config: KafkaConfig, group_id: str, topic: str, tuning: LoopTuning, log: Logger
+    ) -> None:
         self._config = config
         self._tuning = tuning
         self._log = log
-        self.transactional_id = transactional_id
+        # Random per process start: the group fences, not this id, so it only has to differ
+        # from every other live producer's (a restarted router's old transaction times out).
+        self.transactional_id = f"{group_id}.{topic}.{uuid.uuid4()}"
         self._producer: GroupFencedProducer | None = None
 
-    async def ready(self) -> GroupFencedProducer:
+    async def start(self) -> None:
+        return None  # the producer is opened with the first partitions
+
+    async def _ready_producer(self) -> GroupFencedProducer:
         if self._producer is not None:
             return self._producer
         producer = GroupFencedProducer(
@@ -308,60 +313,19 @@ class _TransactionalProducer:
         self._producer = producer
         return producer
 
-    async def discard(self, producer: GroupFencedProducer) -> None:
+    async def open(self, partitions: Sequence[TopicPartition]) -> None:
+        await self._ready_producer()
+
+    async def _discard(self, producer: GroupFencedProducer) -> None:
         """Drop *producer* after a failed transaction; its successor's InitProducerId aborts it."""
         if self._producer is producer:
             self._producer = None
         await _stop_quietly(producer, 5.0, self._log)
 
-    async def stop(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await _stop_quietly(producer, 5.0, self._log)
-
-
-class _ExactlyOnce:
-    """Transactional producers taking turns, one transaction per batch, fenced by the group (KIP-447).
-
-    Two producers, so that a batch does not wait for the markers of the one before: right after
-    a commit the coordinator answers the same id's next transaction CONCURRENT_TRANSACTIONS until
-    it has written the commit markers to every partition the transaction touched, which takes
-    longer the more partitions there are. Batches still commit one after the other (the next
-    begins once the one before is committed), so records stay in order; and whichever
-    transaction's markers land first, the group coordinator keeps the offset whose commit record
-    came last.
-    """
-
-    def __init__(
-        self, config: KafkaConfig, group_id: str, topic: str, tuning: LoopTuning, log: Logger
-    ) -> None:
-        self._log = log
-        self._tuning = tuning
-        # Random per process start: the group fences, not these ids, so they only have to differ
-        # from every other live producer's (a restarted router's old transactions time out).
-        run = uuid.uuid4()
-        self._producers = tuple(
-            _TransactionalProducer(config, f"{group_id}.{topic}.{run}.{turn}", tuning, log)
-            for turn in range(_PRODUCERS)
-        )
-        self._turn = 0
-
-    @property
-    def transactional_ids(self) -> list[str]:
-        return [slot.transactional_id for slot in self._producers]
-
-    async def start(self) -> None:
-        return None  # the producers are opened with the first partitions
-
-    async def open(self, partitions: Sequence[TopicPartition]) -> None:
-        await asyncio.gather(*(slot.ready() for slot in self._producers))
-
     async def deliver(
         self, consumer: AIOKafkaConsumer, work: Mapping[TopicPartition, _PartitionWork]
     ) -> dict[TopicPartition, BaseException]:
-        slot = self._producers[self._turn]
-        self._turn = (self._turn + 1) % len(self._producers)
-        producer = await slot.ready()
+        producer = await self._ready_producer()
         try:
             async with asyncio.timeout(self._tuning.commit_timeout_s):
                 await producer.begin_transaction()
@@ -376,18 +340,20 @@ class _ExactlyOnce:
                 await producer.send_offsets_with_group(offsets, group_metadata(consumer))
                 await producer.commit_transaction()
         except asyncio.CancelledError:
-            await slot.discard(producer)
+            await self._discard(producer)
             raise
         except Exception as error:
             self._log.warning(
-                "transaction failed; the producer is replaced", transactional_id=slot.transactional_id
+                "transaction failed; the producer is replaced", transactional_id=self.transactional_id
             )
-            await slot.discard(producer)
+            await self._discard(producer)
             return dict.fromkeys(work, error)
         return {}
 
     async def stop(self) -> None:
-        await asyncio.gather(*(slot.stop() for slot in self._producers))
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer, 5.0, self._log)
 
 
 class _AtLeastOnce:

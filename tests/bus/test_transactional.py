@@ -117,11 +117,9 @@ async def test_a_fenced_producer_starts_the_batch_over_and_nothing_is_lost_or_do
     rogues: list[AIOKafkaProducer] = []
 
     async def take_the_transactional_id(loop: TransactionalLoop) -> None:
-        # Another producer takes the transactional id the batch in hand is to commit under (the
-        # loop's producers take turns: the first carries the batch in flight, the second the next
-        # one): that producer is fenced, so the batch fails and every partition in it starts
-        # again from its commit.
-        transactional_id = loop._delivery.transactional_ids[1]  # type: ignore[attr-defined]
+        # Another producer takes the loop's transactional id: the loop's producer is fenced, so
+        # the batches in flight fail and every partition in them starts again from its commit.
+        transactional_id = loop._delivery.transactional_id  # type: ignore[attr-defined]
         rogue = AIOKafkaProducer(**client_options(kafka_config), transactional_id=transactional_id)
         rogues.append(rogue)
         await rogue.start()
