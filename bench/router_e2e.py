@@ -617,11 +617,12 @@ def report(args: argparse.Namespace, label: str, results: dict[str, ModeResult])
         print(f"{'mode':10} {'pipe p50/p99 ms':>16} {'router p50/p99 ms':>18} {'added p50/p99 ms':>17}")
         for mode, result in results.items():
             measured = [with_added(each) for each in result.latency]
-            lines = [(f"{mode} #{i}", each) for i, each in enumerate(measured, 1)]
+            lines = [(mode, measured[0])]
             if args.rounds > 1:
                 middle = {key: statistics.median(each[key] for each in measured) for key in measured[0]}
+                lines = [(f"{mode} #{i}", each) for i, each in enumerate(measured, 1)]
                 lines.append((f"{mode} median", middle))
-            for title, cell in lines if args.rounds > 1 else [(mode, measured[0])]:
+            for title, cell in lines:
                 print(
                     f"{title:10} {cell['pipe_p50']:7.1f}/{cell['pipe_p99']:<8.1f} "
                     f"{cell['router_p50']:9.1f}/{cell['router_p99']:<8.1f} "
