@@ -571,6 +571,8 @@ class _Mailbox:
         also counts as ``True``: ending IDLE then tells a dead connection from a spurious wake.
         """
         with self._lock:
+            if self._read_ahead():
+                return True
             started = time.monotonic()
             responses = self._client.idle_check(timeout)
             elapsed = time.monotonic() - started
@@ -580,6 +582,26 @@ class _Mailbox:
             if len(response) >= 2 and response[1] == b"EXISTS":
                 return True
         return not responses and elapsed < timeout * 0.9
+
+    def _read_ahead(self) -> bool:
+        """Whether the server has written something this client holds but has not parsed.
+
+        imapclient's IDLE wait polls the socket, but a line that arrived in one read with the
+        one before it (mail delivered just before IDLE, announced right after "+ idling") sits
+        in imaplib's buffer or the TLS layer's, where no poll sees it until the server next
+        writes, minutes later. Peeking without blocking finds it.
+        """
+        sock = self._client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return bool(self._client._imap.file.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            sock.settimeout(timeout)
 
     def idle_end(self) -> None:
         with self._lock:

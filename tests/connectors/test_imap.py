@@ -455,6 +455,30 @@ async def test_mail_announced_during_a_catch_up_is_taken_before_idling(
     assert arrived and [r.subject for r in records] == ["Arrived mid-search"]
 
 
+async def test_mail_announced_as_idle_starts_is_taken_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Mail delivered just before IDLE starts is announced right after the server's "+ idling",
+    # often in the same packet: the client reads both lines into its buffer, consumes the first,
+    # and a wait that only polls the socket would not see the announcement until the server
+    # next writes (minutes).
+    real = _Mailbox.idle_start
+    delivered = False
+
+    def idle_start_just_after_delivery(mailbox: _Mailbox) -> bool:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            harness.server.append(mail("Just before IDLE"), "INBOX")
+        return real(mailbox)
+
+    monkeypatch.setattr(_Mailbox, "idle_start", idle_start_just_after_delivery)
+    # idle_renew and staleness far beyond the wait: only the announcement can wake the folder.
+    await harness.start(harness.config(idle_renew=1500, staleness=3600, poll_interval=1500))
+    records = await harness.inbound(1, timeout=15)
+    assert delivered and [r.subject for r in records] == ["Just before IDLE"]
+
+
 @pytest.mark.parametrize("source", ["access_token", "token_file"])
 async def test_xoauth2_login(harness: Harness, source: str) -> None:
     token_file = harness.directory / "token"
