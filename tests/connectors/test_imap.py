@@ -430,6 +430,27 @@ async def test_an_untrusted_certificate_is_refused(harness: Harness) -> None:
     await until(lambda: unverified.ready, what="an unverified TLS session")
 
 
+class OneDelivery:
+    """Appends one mail to the inbox the first time it is called, and says whether it did."""
+
+    def __init__(self, harness: Harness, subject: str) -> None:
+        self.harness, self.subject, self.done = harness, subject, False
+
+    def __call__(self) -> bool:
+        if self.done:
+            return False
+        self.done = True
+        self.harness.server.append(mail(self.subject), "INBOX")
+        return True
+
+
+async def subjects_only_an_announcement_delivers(harness: Harness) -> list[str | None]:
+    """Start the connector with IDLE renewal, staleness and polling far beyond the wait, so that
+    only the server's announcement can wake the folder; the subjects of what arrives."""
+    await harness.start(harness.config(idle_renew=1500, staleness=3600, poll_interval=1500))
+    return [r.subject for r in await harness.inbound(1, timeout=15)]
+
+
 async def test_mail_announced_during_a_catch_up_is_taken_before_idling(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,22 +458,17 @@ async def test_mail_announced_during_a_catch_up_is_taken_before_idling(
     # arrives. Here it arrives while the catch-up asks for the newest UID: announced in that
     # answer, missing from its result, and not announced again when IDLE starts.
     real = _Mailbox.highest_uid
-    arrived = False
+    deliver = OneDelivery(harness, "Arrived mid-search")
 
     def highest_uid_while_mail_arrives(mailbox: _Mailbox) -> int:
-        nonlocal arrived
         top = real(mailbox)
-        if not arrived:
-            arrived = True
-            harness.server.append(mail("Arrived mid-search"), "INBOX")
+        if deliver():
             real(mailbox)  # its answer carries the announcement; the result is dropped
         return top
 
     monkeypatch.setattr(_Mailbox, "highest_uid", highest_uid_while_mail_arrives)
-    # idle_renew and staleness far beyond the wait: only the announcement can wake the folder.
-    await harness.start(harness.config(idle_renew=1500, staleness=3600, poll_interval=1500))
-    records = await harness.inbound(1, timeout=15)
-    assert arrived and [r.subject for r in records] == ["Arrived mid-search"]
+    assert await subjects_only_an_announcement_delivers(harness) == ["Arrived mid-search"]
+    assert deliver.done
 
 
 async def test_mail_announced_as_idle_starts_is_taken_at_once(
@@ -463,20 +479,15 @@ async def test_mail_announced_as_idle_starts_is_taken_at_once(
     # and a wait that only polls the socket would not see the announcement until the server
     # next writes (minutes).
     real = _Mailbox.idle_start
-    delivered = False
+    deliver = OneDelivery(harness, "Just before IDLE")
 
     def idle_start_just_after_delivery(mailbox: _Mailbox) -> bool:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            harness.server.append(mail("Just before IDLE"), "INBOX")
+        deliver()
         return real(mailbox)
 
     monkeypatch.setattr(_Mailbox, "idle_start", idle_start_just_after_delivery)
-    # idle_renew and staleness far beyond the wait: only the announcement can wake the folder.
-    await harness.start(harness.config(idle_renew=1500, staleness=3600, poll_interval=1500))
-    records = await harness.inbound(1, timeout=15)
-    assert delivered and [r.subject for r in records] == ["Just before IDLE"]
+    assert await subjects_only_an_announcement_delivers(harness) == ["Just before IDLE"]
+    assert deliver.done
 
 
 @pytest.mark.parametrize("source", ["access_token", "token_file"])
