@@ -12,6 +12,7 @@ This module is pure: encoding, the update rule and the in-memory table. No Kafka
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -47,7 +48,7 @@ class ConversationState(NamedTuple):  # one per message: cheaper to build than a
         Written for every routed message, so it is formatted directly (only the department needs
         escaping; the rest are numbers, booleans and RFC 3339 timestamps).
         """
-        department = "null" if self.department is None else json.dumps(self.department)
+        department = "null" if self.department is None else _json_string(self.department)
         routed = "null" if self.last_routed_at is None else f'"{format_timestamp(self.last_routed_at)}"'
         return (
             f'{{"v":{_VERSION},"department":{department},"messages_seen":{self.messages_seen},'
@@ -71,6 +72,12 @@ class ConversationState(NamedTuple):  # one per message: cheaper to build than a
         if when is not None and when.tzinfo is None:
             raise ValueError("last_routed_at must carry a time zone")
         return cls(department, seen, when, bool(fields.get("unresolved", False)))
+
+
+@functools.lru_cache(maxsize=256)
+def _json_string(value: str) -> str:
+    # A desk has a handful of departments: escaping each once saves ~1 µs a message.
+    return json.dumps(value)
 
 
 def advance(state: ConversationState, routing: Routing, destination: Destination) -> ConversationState:

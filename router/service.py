@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import msgspec
 import structlog
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -48,6 +49,7 @@ from bus.transactional import (
 from models import ROUTED_SCHEMA, InboundMessage, Routing
 from models.config import Settings
 from models.inbound_json import parse_inbounds
+from models.messages import format_timestamp
 from models.topics import Topics
 from router.affinity import AffinityTable, ConversationState, Destination, advance
 from router.pipeline import ConversationContext, Decider, Decision
@@ -186,6 +188,29 @@ def _reusable(original: bytes | None) -> bool:
     )
 
 
+_JSON = msgspec.json.Encoder()
+
+
+def _routing_json(routing: Routing) -> bytes:
+    """``routing.model_dump_json()``, byte for byte (a test pins it), in a quarter of the time.
+
+    pydantic's serializer and msgspec write strings and floats alike (shortest round-trip
+    floats, the same escapes), so only the timestamp needs the model's own format.
+    """
+    return _JSON.encode(
+        {
+            "department": routing.department,
+            "confidence": routing.confidence,
+            "language": routing.language,
+            "escalate": routing.escalate,
+            "priority": routing.priority,
+            "reasons": routing.reasons,
+            "model": routing.model,
+            "routed_at": format_timestamp(routing.routed_at),
+        }
+    )
+
+
 def _routed_json(message: InboundMessage, routing: Routing, original: bytes | None = None) -> bytes:
     """The RoutedMessage JSON of a validated message and routing, without validating again.
 
@@ -204,7 +229,7 @@ def _routed_json(message: InboundMessage, routing: Routing, original: bytes | No
             _ROUTED_PREFIX,
             inbound[len(_INBOUND_PREFIX) : -1],
             b',"routing":',
-            routing.model_dump_json().encode(),
+            _routing_json(routing),
             b"}",
         )
     )

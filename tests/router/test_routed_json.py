@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import InboundMessage, RoutedMessage, Routing, Sender
-from router.service import _routed_json
+from router.service import _routed_json, _routing_json
 
 
 def message(text: str = "Where is my parcel?") -> InboundMessage:
@@ -89,3 +89,36 @@ def test_fields_another_writer_adds_are_carried_on_and_readers_ignore_them() -> 
 def test_json_in_another_layout_is_serialized_again() -> None:
     raw = json.dumps(json.loads(message().to_json_bytes()), indent=2).encode()
     assert _routed_json(InboundMessage.from_json_bytes(raw), ROUTING, raw) == expected(message())
+
+
+@given(
+    department=st.text(min_size=1),
+    confidence=st.floats(min_value=0.0, max_value=1.0),
+    language=st.text(),
+    escalate=st.booleans(),
+    priority=st.sampled_from(["low", "normal", "high", "urgent"]),
+    reasons=st.lists(st.text(), max_size=4),
+    routed_at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_the_routing_is_written_as_the_model_writes_it(
+    department: str,
+    confidence: float,
+    language: str,
+    escalate: bool,
+    priority: str,
+    reasons: list[str],
+    routed_at: datetime,
+) -> None:
+    routing = Routing.model_validate(
+        {
+            "department": department,
+            "confidence": confidence,
+            "language": language,
+            "escalate": escalate,
+            "priority": priority,
+            "reasons": reasons,
+            "model": "department-1",
+            "routed_at": routed_at,
+        }
+    )
+    assert _routing_json(routing) == routing.model_dump_json().encode()
