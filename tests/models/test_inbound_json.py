@@ -143,6 +143,10 @@ def test_any_text_is_read_and_cleaned_as_validation_reads_it(
         {"metadata": {"x": 0.1, "y": 2.2250738585072011e-308, "z": 9007199254740993}},
         {"metadata": {"nested": {"a": [1, [2, [3]]]}}},
         {"text": None},
+        # non-ASCII words, and something to clean outside them
+        {"text": "வணக்கம்", "sender": {"id": "s1", "name": "Ku\x00mar"}},
+        {"text": "வணக்கம்", "metadata": {"e\u0301": ["\x00", {"k": "\x01"}]}},
+        {"subject": "¿Dónde?", "recipients": ["e\u0301@example.org"]},
         {"unknown_field": {"anything": [1, 2]}},
     ],
 )
