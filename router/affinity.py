@@ -95,6 +95,9 @@ def advance(state: ConversationState, routing: Routing, destination: Destination
     return ConversationState(routing.department, seen, routing.routed_at, routing.escalate)
 
 
+_FRESH = ConversationState()  # immutable, so every new conversation can start from this one
+
+
 class AffinityTable:
     """The conversation states of the input partitions this process owns, by partition.
 
@@ -122,7 +125,9 @@ class AffinityTable:
 
     def get(self, partition: int, conversation_id: str) -> ConversationState:
         """The conversation's state (a fresh one when it was never seen)."""
-        return self._partitions.get(partition, {}).get(conversation_id) or ConversationState()
+        table = self._partitions.get(partition)
+        state = None if table is None else table.get(conversation_id)
+        return _FRESH if state is None else state
 
     def put(self, partition: int, conversation_id: str, state: ConversationState) -> None:
         self._partitions.setdefault(partition, {})[conversation_id] = state

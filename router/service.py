@@ -147,7 +147,7 @@ class _Failure(NamedTuple):
 class _Decided(NamedTuple):
     routing: Routing
     destination: Destination
-    state: ConversationState | None = None  # the conversation's state after this message
+    state: ConversationState  # the conversation's state after this message
 
 
 def _decode_all(records: Sequence[Record]) -> list[InboundMessage | _Failure]:
@@ -333,30 +333,32 @@ class _RouterProcessor:
     async def process(self, records: Sequence[Record]) -> Sequence[Output]:
         decoded = _decode_all(records)
         await let_io_progress()  # the batch before commits meanwhile (see Processor.process)
-        results: dict[int, _Decided | _Failure] = {
-            i: item for i, item in enumerate(decoded) if isinstance(item, _Failure)
-        }
-        valid = [i for i, item in enumerate(decoded) if isinstance(item, InboundMessage)]
-        keys = [(records[i].partition, self._message(decoded[i]).conversation_id) for i in valid]
+        results: list[_Decided | _Failure | None] = [
+            item if isinstance(item, _Failure) else None for item in decoded
+        ]
+        valid = [i for i, item in enumerate(decoded) if not isinstance(item, _Failure)]
+        messages = [self._message(decoded[i]) for i in valid]
+        keys = [(records[i].partition, m.conversation_id) for i, m in zip(valid, messages, strict=True)]
         for wave in _waves(keys):
-            indices = [valid[w] for w in wave]
-            messages = [self._message(decoded[i]) for i in indices]
-            states = [
-                self.affinity.get(records[i].partition, m.conversation_id)
-                for i, m in zip(indices, messages, strict=True)
-            ]
-            decisions = await self._decide(messages, [_context(s) for s in states])
-            for i, message, state, decision in zip(indices, messages, states, decisions, strict=True):
-                result = self._destination(decision)
-                if isinstance(result, _Decided):
-                    new = advance(state, result.routing, result.destination)
-                    self.affinity.put(records[i].partition, message.conversation_id, new)
-                    result = _Decided(result.routing, result.destination, new)
-                results[i] = result
+            wave_keys = [keys[w] for w in wave]
+            states = [self.affinity.get(partition, conversation) for partition, conversation in wave_keys]
+            decisions = await self._decide([messages[w] for w in wave], [_context(s) for s in states])
+            for w, (partition, conversation), state, decision in zip(
+                wave, wave_keys, states, decisions, strict=True
+            ):
+                destination = self._destination(decision)
+                if isinstance(destination, _Failure):
+                    results[valid[w]] = destination
+                    continue
+                assert isinstance(decision, Decision)
+                new = advance(state, decision.routing, destination)
+                self.affinity.put(partition, conversation, new)
+                results[valid[w]] = _Decided(decision.routing, destination, new)
         await let_io_progress()
         outputs: list[Output] = []
-        for i, record in enumerate(records):
-            outputs.extend(self._outputs(record, decoded[i], results[i]))
+        for record, item, result in zip(records, decoded, results, strict=True):
+            assert result is not None  # every record was decided or failed above
+            outputs.extend(self._outputs(record, item, result))
         return outputs
 
     def committed(self, outputs: Sequence[Output], seconds: float) -> None:
@@ -414,7 +416,7 @@ class _RouterProcessor:
             results.extend(await self._decide([message], [context]))
         return results
 
-    def _destination(self, decision: Decision | _Failure) -> _Decided | _Failure:
+    def _destination(self, decision: Decision | _Failure) -> Destination | _Failure:
         if isinstance(decision, _Failure):
             return decision
         routing = decision.routing
@@ -424,10 +426,10 @@ class _RouterProcessor:
                 "UnknownDepartment",
             )
         if decision.drop:
-            return _Decided(routing, "dropped")
+            return "dropped"
         if routing.confidence < self._min_confidence:
-            return _Decided(routing, "triage")
-        return _Decided(routing, "department")
+            return "triage"
+        return "department"
 
     # ------------------------------------------------------------------ outputs
 
@@ -437,7 +439,7 @@ class _RouterProcessor:
         """The record's outputs: routed (plus escalation copy) or DLQ, and its new state."""
         if isinstance(result, _Failure):
             return [self._dead_letter(record, result)]
-        assert isinstance(item, InboundMessage) and result.state is not None
+        assert isinstance(item, InboundMessage)
         source, changelog = self._sources.get(record.partition) or self._source(record)
         routing = result.routing
         key = item.conversation_id.encode()
