@@ -40,10 +40,16 @@ def _reference_normalize(text: str) -> str:
 @settings(max_examples=500, deadline=None)
 @given(
     st.text(alphabet=st.characters(codec=None), max_size=60)
-    | st.text("Ab1 !?¡。\u0964ß①Ⅻ\x00\ud800", max_size=30)
+    | st.text("Ab1 !?¡。\u0964ß①Ⅻ\x00\ud800\x1c\x85\u1680\u2028\u3000", max_size=30)
 )
 def test_normalize_matches_its_reference_definition(text: str) -> None:
     assert normalize(text) == _reference_normalize(text)
+
+
+def test_every_whitespace_character_separates_words() -> None:
+    spaces = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+    assert normalize(f"a{spaces}b") == "a b"
+    assert all(normalize(f"a{space}b") == "a b" for space in spaces)
 
 
 def test_normalize_matches_its_reference_on_the_corpus() -> None:
