@@ -53,8 +53,12 @@ def fields(**changes: Any) -> dict[str, Any]:
 
 
 def written(ascii_only: bool = False, **changes: Any) -> bytes:
-    """A record as another writer might write it (``ensure_ascii``: as Python's json does by default)."""
-    return json.dumps(fields(**changes), ensure_ascii=ascii_only, separators=(",", ":")).encode()
+    """A record as another writer might write it (``ensure_ascii``: as Python's json does by default).
+
+    A lone surrogate written raw is not UTF-8: both readers must refuse those bytes.
+    """
+    text = json.dumps(fields(**changes), ensure_ascii=ascii_only, separators=(",", ":"))
+    return text.encode("utf-8", "surrogatepass")
 
 
 def validated(record: bytes) -> InboundMessage | str:
@@ -110,6 +114,8 @@ def test_any_text_is_read_and_cleaned_as_validation_reads_it(
     "changes",
     [
         {"received_at": "2026-12-03T10:00:00Z"},
+        {"received_at": "2026-12-03T10:00:00.12Z"},
+        {"received_at": "2026-12-03T10:00:00.1234Z"},  # past the millisecond: cut
         {"received_at": "2026-12-03T15:30:00.5+05:30"},
         {"received_at": "2026-12-03T15:30:00+0530"},  # no colon: read by the model
         {"received_at": "2026-12-03T10:00:00.9999995Z"},  # seventh digit: cut, not rounded
