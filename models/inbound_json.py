@@ -157,8 +157,12 @@ _MOST_METADATA_LEVELS = 100
 
 
 def _plain_ascii(data: bytes) -> bool:
-    """Whether every string in *data* is ASCII without NUL, so cleaning changes none of them."""
-    return data.isascii() and b"\\u" not in data
+    """Whether every string in *data* is ASCII without NUL, so cleaning changes none of them.
+
+    A backslash is looked for first: that search runs at memchr's speed, four times the two-byte
+    one's, and most chat records have none at all.
+    """
+    return data.isascii() and (b"\\" not in data or b"\\u" not in data)
 
 
 def _fields(record: _InboundJSON) -> dict[str, Any]:
@@ -194,9 +198,14 @@ def _timestamp(value: str) -> datetime:
     if not _RFC3339.fullmatch(value):
         raise _NotHere
     try:
-        return record_time(datetime.fromisoformat(value))
+        moment = datetime.fromisoformat(value)
     except ValueError:  # a day or an hour out of range: the model words the error
         raise _NotHere from None
+    # UTC to the millisecond at most (every writer of ours): already what record_time makes.
+    return moment if value[-1] == "Z" and len(value) <= _MILLISECONDS_Z else record_time(moment)
+
+
+_MILLISECONDS_Z = len("2026-12-03T10:00:00.123Z")
 
 
 def _attachment_fields(item: _AttachmentJSON) -> dict[str, Any]:
