@@ -91,34 +91,19 @@ def test_json_in_another_layout_is_serialized_again() -> None:
     assert _routed_json(InboundMessage.from_json_bytes(raw), ROUTING, raw) == expected(message())
 
 
-@given(
+ROUTINGS = st.builds(
+    Routing,
     department=st.text(min_size=1),
     confidence=st.floats(min_value=0.0, max_value=1.0),
     language=st.text(),
     escalate=st.booleans(),
     priority=st.sampled_from(["low", "normal", "high", "urgent"]),
     reasons=st.lists(st.text(), max_size=4),
+    model=st.just("department-1"),
     routed_at=st.datetimes(timezones=st.just(UTC)),
 )
-def test_the_routing_is_written_as_the_model_writes_it(
-    department: str,
-    confidence: float,
-    language: str,
-    escalate: bool,
-    priority: str,
-    reasons: list[str],
-    routed_at: datetime,
-) -> None:
-    routing = Routing.model_validate(
-        {
-            "department": department,
-            "confidence": confidence,
-            "language": language,
-            "escalate": escalate,
-            "priority": priority,
-            "reasons": reasons,
-            "model": "department-1",
-            "routed_at": routed_at,
-        }
-    )
+
+
+@given(ROUTINGS)
+def test_the_routing_is_written_as_the_model_writes_it(routing: Routing) -> None:
     assert _routing_json(routing) == routing.model_dump_json().encode()
