@@ -326,11 +326,13 @@ async def test_conversation_affinity_survives_a_restart(
         await publish(kafka_config, created_topics, [follow_up])
         await eventually(lambda: _at_least(kafka_config, created_topics, 2))
 
-    billing = [
+    routed = [
         RoutedMessage.from_json_bytes(r.value)
-        for r in await drain(kafka_config, [created_topics.department("billing")])
+        for r in await drain(kafka_config, routed_topics(created_topics))
     ]
-    assert [m.message_id for m in billing] == [opening.message_id, follow_up.message_id]
+    seen = [(m.message_id, m.routing.department, m.routing.reasons) for m in routed]  # said on failure
+    billing = [m for m in routed if m.routing.department == "billing"]
+    assert [m.message_id for m in billing] == [opening.message_id, follow_up.message_id], seen
     assert billing[1].routing.reasons == ("ctx:billing:1:False",), "the restarted router remembered"
     states = await drain(kafka_config, [created_topics.conversations])
     latest = json.loads(states[-1].value)
