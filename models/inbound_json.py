@@ -13,9 +13,10 @@ swing more than the difference).
 
 msgspec is the stricter reader: it refuses what pydantic's lax mode coerces (``"size": "12"``,
 a Unix time as ``received_at``), the ``NaN`` pydantic's parser takes and fields it does not
-know, and such records, like anything it cannot read, are validated by the model, whose verdict (and error text for the dead-letter topic) is the answer.
-So a record is accepted here only when the model accepts it too, as the same message (tests
-compare the two on valid and invalid records).
+know, and such records, like anything it cannot read, are validated by the model, whose
+verdict (and error text for the dead-letter topic) is the answer. So a record is accepted here
+only when the model accepts it too, as the same message (tests compare the two on valid and
+invalid records).
 """
 
 from __future__ import annotations

@@ -88,7 +88,9 @@ _ASCII_PUNCTUATION = string.punctuation + "\x00"
 # only " \t\n\v\f\r": the ASCII separators \x1c-\x1f are mapped to spaces with the punctuation,
 # the rest (a test checks the list against str.isspace) by the regex.
 _ASCII_SEPARATORS = "\x1c\x1d\x1e\x1f"
-_OTHER_WHITESPACE = "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_OTHER_WHITESPACE = (
+    "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
 _ASCII_FOLD = bytes.maketrans(
     (_ASCII_PUNCTUATION + _ASCII_SEPARATORS + "123456789").encode(),
     (" " * (len(_ASCII_PUNCTUATION) + len(_ASCII_SEPARATORS)) + "0" * 9).encode(),
