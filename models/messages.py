@@ -77,18 +77,25 @@ def record_time(moment: datetime) -> datetime:
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
+# BaseModel's slots, set through their descriptors: ~0.15 µs each, ~0.6 through object.__setattr__.
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 def unvalidated(model: type[_ModelT], fields: dict[str, Any], fields_set: frozenset[str]) -> _ModelT:
     """An instance of *model* holding *fields* (all of them, in field order), not validated.
 
-    What ``model_construct`` sets, without its generic loop over the fields (~2 µs instead of
+    What ``model_construct`` sets, without its generic loop over the fields (~1.5 µs instead of
     ~5.5 for a routing, as slow as validating). For the router's hot path only: the caller
     answers for every value being what validation would have made of it.
     """
     instance = model.__new__(model)
-    object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(fields_set))  # model_copy adds to it
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
+    _SET_DICT(instance, fields)
+    _SET_FIELDS_SET(instance, set(fields_set))  # model_copy adds to it
+    _SET_EXTRA(instance, None)
+    _SET_PRIVATE(instance, None)
     return instance
 
 
