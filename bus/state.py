@@ -7,7 +7,7 @@ afterwards reads are served from memory and every write is produced (and confirm
 
 from __future__ import annotations
 
-from bus.admin import partitions_of
+from bus.admin import partition_counts
 from bus.changelog import read_changelog
 from bus.producer import Producer
 from models.config import KafkaConfig
@@ -18,8 +18,13 @@ _SEPARATOR = "\x1f"
 
 
 async def read_compacted(config: KafkaConfig, topic: str, timeout: float = 60.0) -> dict[bytes, bytes]:
-    """Every key's newest value in *topic*, read from the beginning to the current end."""
-    partitions = [tp.partition for tp in await partitions_of(config, [topic])]
+    """Every key's newest value in *topic*, read from the beginning to the current end.
+
+    *topic* must exist (:class:`~models.errors.TopicMissing` otherwise): a topic the broker
+    could not describe for a moment must not read as an empty state.
+    """
+    count = (await partition_counts(config, [topic]))[topic]
+    partitions = list(range(count))
     snapshot = await read_changelog(config, topic, partitions, timeout=timeout)
     # Keys are partitioned by hash, so one key lives in one partition: the merge loses nothing.
     return {key: value for table in snapshot.values() for key, value in table.items()}

@@ -3,7 +3,7 @@ a retriable failure becomes "try again later" (SMTP 451, HTTP 503), a final one 
 
 from __future__ import annotations
 
-__all__ = ["InvalidInput", "PublishError", "RecordRejected", "SwitchboardError"]
+__all__ = ["InvalidInput", "PublishError", "RecordRejected", "SwitchboardError", "TopicMissing"]
 
 
 class SwitchboardError(Exception):
@@ -24,3 +24,9 @@ class RecordRejected(SwitchboardError):
 
 class InvalidInput(SwitchboardError, ValueError):
     """A file or value the user gave cannot be used (a bad model file, a bad examples file)."""
+
+
+class TopicMissing(SwitchboardError, LookupError):
+    """A topic the operation needs is not on the broker (or not described by it yet)."""
+
+    retriable = True

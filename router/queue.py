@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import ValidationError
 
-from bus.admin import partitions_of
+from bus.admin import partition_counts
 from bus.consumer import consumer_options
 from bus.headers import header
 from models import RoutedMessage
@@ -49,6 +49,8 @@ __all__ = ["DepartmentQueue", "QueueMessage", "as_json_line", "summarize", "tail
 
 # Records stamped this long before an observer started are not "new" (see _skip_old).
 _START_GRACE_MS = 2_000
+# Reading without a group needs the topic's partitions; one created a moment ago gets this long.
+_TOPIC_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +151,8 @@ class DepartmentQueue:
         self._consumer = consumer
 
     async def _observe(self, consumer: AIOKafkaConsumer) -> None:
-        partitions = await partitions_of(self._kafka, [self.topic])
-        if not partitions:
-            raise LookupError(f"topic {self.topic} does not exist")
+        count = (await partition_counts(self._kafka, [self.topic], timeout=_TOPIC_WAIT_S))[self.topic]
+        partitions = [TopicPartition(self.topic, p) for p in range(count)]
         started_ms = int(time.time() * 1000)
         consumer.assign(partitions)
         if self._from_beginning:

@@ -32,7 +32,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from bus.admin import ensure_topics, partitions_of
+from bus.admin import ensure_topics, partition_counts
 from bus.changelog import changelog_partition, read_changelog
 from bus.headers import MESSAGE_ID as MESSAGE_ID_HEADER
 from bus.headers import SCHEMA as SCHEMA_HEADER
@@ -561,15 +561,15 @@ class RouterService:
         kafka = self._settings.kafka
         exactly_once = await resolve_exactly_once(kafka, self._log)
         await ensure_topics(kafka, self._topics.all(self._settings.router.departments))
-        inbound = len(await partitions_of(kafka, [self._topics.inbound]))
-        conversations = len(await partitions_of(kafka, [self._topics.conversations]))
+        counts = await partition_counts(kafka, [self._topics.inbound, self._topics.conversations])
+        inbound, conversations = counts[self._topics.inbound], counts[self._topics.conversations]
         if conversations < inbound:
             self._log.warning(
                 "sb.conversations has fewer partitions than sb.inbound: affinity may lag after rebalances",
                 inbound=inbound,
                 conversations=conversations,
             )
-        self._processor.changelog_partitions = max(1, conversations)
+        self._processor.changelog_partitions = conversations
         self._processor.start()
         loop = TransactionalLoop(
             kafka,

@@ -342,6 +342,26 @@ async def test_conversation_affinity_survives_a_restart(
     )
 
 
+async def test_a_router_creating_the_topics_keeps_each_state_in_its_input_partitions_changelog(
+    kafka_config: KafkaConfig, topics: Topics
+) -> None:
+    # No topics yet: the router creates them and counts their partitions at once, when a
+    # broker may not describe them yet; a count of zero once sent every state to partition 0.
+    messages = [inbound(n, spread(n)) for n in range(30)]
+    async with running(router(kafka_config)):
+        await publish(kafka_config, topics, messages)
+        await eventually(lambda: _at_least(kafka_config, topics, len(messages)))
+
+    input_partition = {r.key: r.partition for r in await drain(kafka_config, [topics.inbound])}
+    assert len(set(input_partition.values())) == kafka_config.partitions, "every partition is used"
+    states = await drain(kafka_config, [topics.conversations])
+    assert {r.key for r in states} == set(input_partition)
+    misplaced = [
+        (r.key, r.partition, input_partition[r.key]) for r in states if r.partition != input_partition[r.key]
+    ]
+    assert misplaced == [], "a restarted router restores a state only from its input partition's changelog"
+
+
 async def test_at_least_once_mode_routes_and_commits_without_transactions(
     kafka_config: KafkaConfig, created_topics: Topics
 ) -> None:
