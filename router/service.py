@@ -338,7 +338,7 @@ class _RouterProcessor:
             item if isinstance(item, _Failure) else None for item in decoded
         ]
         valid = [i for i, item in enumerate(decoded) if not isinstance(item, _Failure)]
-        messages = [self._message(decoded[i]) for i in valid]
+        messages = [item for item in decoded if isinstance(item, InboundMessage)]
         keys = [(records[i].partition, m.conversation_id) for i, m in zip(valid, messages, strict=True)]
         for wave in _waves(keys):
             wave_keys = [keys[w] for w in wave]
@@ -381,11 +381,6 @@ class _RouterProcessor:
         metrics.batch_seconds.observe(seconds)
 
     # ------------------------------------------------------------------ deciding
-
-    @staticmethod
-    def _message(item: InboundMessage | _Failure) -> InboundMessage:
-        assert isinstance(item, InboundMessage)
-        return item
 
     async def _call(
         self, messages: Sequence[InboundMessage], contexts: Sequence[ConversationContext]
